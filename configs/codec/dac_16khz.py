@@ -1,0 +1,15 @@
+"""Codec `dac_16khz` (numbers in shared/REFERENCE.md sections 0-2).
+
+Make a randomly initialised checkpoint (later: train it):
+    nclm codec init --config configs/codec/dac_16khz.py --out runs/dac_16khz
+Shrink for tests and CPU smoke runs with the `tiny` arg (same code path, a fraction of the width):
+    nclm codec init --config configs/codec/dac_16khz.py:tiny --out runs/dac_16khz_tiny
+"""
+
+from nclm.codec import config as codecs
+from nclm.codec.experiment import codec_experiment
+
+
+def get_config(arg=None):
+    codec = codecs.dac(16000) if arg != "tiny" else codecs.tiny("dac")
+    return codec_experiment(codec)

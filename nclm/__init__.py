@@ -1,0 +1,3 @@
+"""nclm: neural codec language models in JAX/Flax."""
+
+__version__ = "0.1.0"

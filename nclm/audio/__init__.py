@@ -1,0 +1,1 @@
+"""Audio I/O, resampling, spectral transforms and signal metrics."""

@@ -1,0 +1,51 @@
+"""Vocos decoder: ConvNeXt backbone at the frame rate and an iSTFT head (REFERENCE.md section 3).
+
+It replaces a waveform decoder: z[B, T, D] (the quantized latent) -> wav[B, T * hop, 1]. With
+`condition_on_levels`, its LayerNorms are adaptive and pick a row by the number of RVQ levels the
+codes carry, so one decoder serves every bitrate.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from nclm.audio.stft import istft_same
+from nclm.codec.config import VocosConfig
+from nclm.nn import Conv1d, ConvNeXtBlock
+from nclm.nn.convnext import layer_norm
+
+MAX_MAGNITUDE = 100.0  # exp(log-magnitude) is clipped here, as in Vocos, to keep the iSTFT finite
+
+
+class VocosDecoder(nn.Module):
+    cfg: VocosConfig
+    hop: int
+    num_levels: int  # number of AdaLN rows when conditioned
+
+    @nn.compact
+    def __call__(self, z: jax.Array, levels_used: jax.Array | int | None = None) -> jax.Array:
+        cfg = self.cfg
+        n_fft = cfg.n_fft or 4 * self.hop
+        conditions = self.num_levels if cfg.condition_on_levels else 0
+        cond_id = None
+        if conditions:
+            used = self.num_levels if levels_used is None else levels_used
+            cond_id = jnp.broadcast_to(jnp.asarray(used, jnp.int32) - 1, (z.shape[0],))
+        x = Conv1d(cfg.dim, 7, padding=3, weight_norm=False, name="embed")(z)
+        x = layer_norm(x, cond_id, conditions, "norm")
+        for i in range(cfg.num_layers):
+            x = ConvNeXtBlock(cfg.hidden, 1.0 / cfg.num_layers, conditions, name=f"block_{i}")(
+                x, cond_id)
+        x = nn.LayerNorm(epsilon=1e-6, name="final_norm")(x)
+        return istft_head(nn.Dense(n_fft + 2, name="head")(x), n_fft, self.hop)
+
+
+def istft_head(x: jax.Array, n_fft: int, hop: int) -> jax.Array:
+    """x[B, T, n_fft + 2] = (log-magnitude, phase) -> wav[B, T * hop, 1], in float32."""
+    x = x.astype(jnp.float32)
+    log_mag, phase = jnp.split(x, 2, axis=-1)
+    mag = jnp.minimum(jnp.exp(log_mag), MAX_MAGNITUDE)
+    spec = mag * (jnp.cos(phase) + 1j * jnp.sin(phase))
+    return istft_same(spec, n_fft, hop)[..., None]

@@ -1,0 +1,18 @@
+"""The only package that builds Flax layers; everything else composes these."""
+
+from nclm.nn.activations import Snake
+from nclm.nn.conv import Conv1d, ConvTranspose1d, conv_output_length, conv_transpose_output_length
+from nclm.nn.convnext import AdaLayerNorm, ConvNeXtBlock
+from nclm.nn.lstm import LSTMLayer, ResidualLSTM
+
+__all__ = [
+    "AdaLayerNorm",
+    "Conv1d",
+    "ConvNeXtBlock",
+    "ConvTranspose1d",
+    "LSTMLayer",
+    "ResidualLSTM",
+    "Snake",
+    "conv_output_length",
+    "conv_transpose_output_length",
+]

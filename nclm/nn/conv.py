@@ -1,0 +1,207 @@
+"""1-D convolutions for codecs: weight norm, causal/centered padding and their length arithmetic.
+
+Arrays are channels-last: x[B, T, C]. Kernels are [K, C_in, C_out] (transposed convs too).
+
+Padding modes of `Conv1d` (k = effective kernel (kernel_size - 1) * dilation + 1, s = stride):
+
+    "causal"    EnCodec/SEANet: pad k - s on the left, plus the extra right padding that makes the
+                last window complete, so T_out = ceil(T / s).
+    "centered"  EnCodec non-causal: the k - s padding split (left gets the odd sample), plus the
+                same extra right padding; T_out = ceil(T / s).
+    int p       PyTorch-style symmetric padding (DAC): T_out = floor((T + 2p - k) / s) + 1.
+
+    causal, k=4, s=2:   [pad pad | x0 x1 x2 x3 x4 | extra]   windows start every 2 samples
+
+`ConvTranspose1d` computes the full output (T - 1) * s + K and then trims, either PyTorch-style
+(`padding=p`, p from each side) or EnCodec-style (`trim="causal"`: all K - s from the right;
+`"centered"`: split, right gets the smaller half).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Padding = str | int
+
+CONV_AXES = (None, "conv_in", "conv_out")
+
+
+def effective_kernel(kernel_size: int, dilation: int = 1) -> int:
+    return (kernel_size - 1) * dilation + 1
+
+
+def extra_padding(length: int, kernel: int, stride: int) -> int:
+    """Right padding that makes the last strided window complete (EnCodec's `pad_for_conv1d`)."""
+    padding_total = kernel - stride
+    num_frames = math.ceil((length - kernel + padding_total) / stride) + 1
+    ideal_length = (num_frames - 1) * stride + kernel - padding_total
+    return max(ideal_length - length, 0)
+
+
+def conv_padding(length: int, kernel: int, stride: int, padding: Padding) -> tuple[int, int]:
+    """Left and right padding for a conv over `length` samples."""
+    if isinstance(padding, int):
+        return padding, padding
+    total = kernel - stride
+    extra = extra_padding(length, kernel, stride)
+    if padding == "causal":
+        return total, extra
+    if padding == "centered":
+        right = total // 2
+        return total - right, right + extra
+    raise ValueError(f"conv padding must be 'causal', 'centered' or an int, got {padding!r}")
+
+
+def conv_output_length(
+    length: int, kernel_size: int, stride: int = 1, dilation: int = 1, padding: Padding = 0
+) -> int:
+    k = effective_kernel(kernel_size, dilation)
+    left, right = conv_padding(length, k, stride, padding)
+    return (length + left + right - k) // stride + 1
+
+
+def transpose_trim(kernel_size: int, stride: int, trim: Padding) -> tuple[int, int]:
+    """Samples removed from the left and right of a transposed conv's full output."""
+    if isinstance(trim, int):
+        return trim, trim
+    total = kernel_size - stride
+    if trim == "causal":
+        return 0, total
+    if trim == "centered":
+        right = total // 2
+        return total - right, right
+    raise ValueError(f"transposed conv trim must be 'causal', 'centered' or an int, got {trim!r}")
+
+
+def conv_transpose_output_length(length: int, kernel_size: int, stride: int, trim: Padding) -> int:
+    left, right = transpose_trim(kernel_size, stride, trim)
+    return (length - 1) * stride + kernel_size - left - right
+
+
+def pad_time(x: jax.Array, left: int, right: int, mode: str = "constant") -> jax.Array:
+    """Pads axis 1 of x[B, T, C]. Reflect padding of a clip shorter than the pad first appends
+    zeros (as EnCodec does), so tiny inputs still work."""
+    if left == 0 and right == 0:
+        return x
+    if mode == "constant":
+        return jnp.pad(x, ((0, 0), (left, right), (0, 0)))
+    if mode != "reflect":
+        raise ValueError(f"pad mode must be 'constant' or 'reflect', got {mode!r}")
+    length = x.shape[1]
+    extra = max(left, right) - length + 1 if length <= max(left, right) else 0
+    if extra:
+        x = jnp.pad(x, ((0, 0), (0, extra), (0, 0)))
+    x = jnp.pad(x, ((0, 0), (left, right), (0, 0)), mode="reflect")
+    return x[:, : x.shape[1] - extra] if extra else x
+
+
+def weight_normed(v: jax.Array, g: jax.Array, axes: Sequence[int]) -> jax.Array:
+    """w = g * v / ||v||, the norm taken over `axes` (PyTorch's weight_norm with dim=0)."""
+    norm = jnp.sqrt(jnp.sum(jnp.square(v), axis=tuple(axes), keepdims=True))
+    return v * (jnp.expand_dims(g, tuple(axes)) / norm)
+
+
+def _kernel(module: nn.Module, shape: tuple[int, int, int], weight_norm: bool, norm_axis: int):
+    """Creates the kernel [K, C_in, C_out]; with weight norm, as direction `weight_v` and per-channel
+    magnitude `weight_g` (over `norm_axis`), initialised so that w = v at step 0."""
+    init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=(0, 1))
+    if not weight_norm:
+        return module.param("kernel", nn.with_logical_partitioning(init, CONV_AXES), shape)
+    v = module.param("weight_v", nn.with_logical_partitioning(init, CONV_AXES), shape)
+    axes = tuple(a for a in range(3) if a != norm_axis)
+
+    def g_init(key, _shape):
+        return jnp.sqrt(jnp.sum(jnp.square(nn.meta.unbox(v)), axis=axes))
+
+    g = module.param("weight_g", nn.with_logical_partitioning(g_init, (CONV_AXES[norm_axis],)),
+                     (shape[norm_axis],))
+    return weight_normed(v, g, axes)
+
+
+class Conv1d(nn.Module):
+    features: int
+    kernel_size: int
+    stride: int = 1
+    dilation: int = 1
+    groups: int = 1
+    padding: Padding = 0
+    pad_mode: str = "constant"
+    weight_norm: bool = True
+    use_bias: bool = True
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, C_in] -> [B, T', features]
+        in_features = x.shape[-1]
+        if in_features % self.groups:
+            raise ValueError(f"Conv1d: {in_features} input channels not divisible by groups={self.groups}")
+        k = effective_kernel(self.kernel_size, self.dilation)
+        left, right = conv_padding(x.shape[1], k, self.stride, self.padding)
+        x = pad_time(x, left, right, self.pad_mode)
+        kernel = _kernel(
+            self, (self.kernel_size, in_features // self.groups, self.features), self.weight_norm, 2
+        )
+        dtype = self.dtype or x.dtype
+        y = jax.lax.conv_general_dilated(
+            x.astype(dtype),
+            kernel.astype(dtype),
+            window_strides=(self.stride,),
+            padding="VALID",
+            rhs_dilation=(self.dilation,),
+            dimension_numbers=("NWC", "WIO", "NWC"),
+            feature_group_count=self.groups,
+        )
+        if self.use_bias:
+            bias = self.param(
+                "bias", nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
+                (self.features,),
+            )
+            y = y + bias.astype(dtype)
+        return y
+
+
+class ConvTranspose1d(nn.Module):
+    """Transposed conv as one matmul plus an overlap-add: y[t*s + k] += x[t] @ W[k].
+
+    This is exact, fast on every backend, and keeps the PyTorch weight layout easy to map
+    (torch [C_in, C_out, K] -> ours [K, C_in, C_out]). Weight norm is per input channel, as
+    PyTorch's weight_norm(dim=0) does for ConvTranspose1d.
+    """
+
+    features: int
+    kernel_size: int
+    stride: int
+    trim: Padding = 0
+    weight_norm: bool = True
+    use_bias: bool = True
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, C_in] -> [B, T', features]
+        batch, length, in_features = x.shape
+        s, k = self.stride, self.kernel_size
+        kernel = _kernel(self, (k, in_features, self.features), self.weight_norm, 1)
+        dtype = self.dtype or x.dtype
+        blocks = -(-k // s)  # each input frame writes `blocks` stride-sized blocks of output
+        kernel = jnp.pad(kernel, ((0, blocks * s - k), (0, 0), (0, 0))).astype(dtype)
+        z = jnp.einsum("btc,kco->btko", x.astype(dtype), kernel)
+        z = z.reshape(batch, length, blocks, s, self.features)
+        out = sum(
+            jnp.pad(z[:, :, j], ((0, 0), (j, blocks - 1 - j), (0, 0), (0, 0)))
+            for j in range(blocks)
+        )
+        out = out.reshape(batch, (length + blocks - 1) * s, self.features)
+        left, right = transpose_trim(k, s, self.trim)
+        out = out[:, left : (length - 1) * s + k - right]
+        if self.use_bias:
+            bias = self.param(
+                "bias", nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
+                (self.features,),
+            )
+            out = out + bias.astype(dtype)
+        return out

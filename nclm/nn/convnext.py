@@ -1,0 +1,58 @@
+"""ConvNeXt block at the frame rate (Vocos backbone), with optional adaptive LayerNorm."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from nclm.nn.conv import Conv1d
+
+
+class AdaLayerNorm(nn.Module):
+    """LayerNorm whose scale and shift are rows of two tables picked by a condition id
+    (Vocos: the bandwidth id). Scale rows start at 1 and shift rows at 0."""
+
+    num_conditions: int
+    epsilon: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x: jax.Array, cond_id: jax.Array) -> jax.Array:  # x[B,T,D], cond_id[B]
+        dim = x.shape[-1]
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones,
+                           (None, "embed")), (self.num_conditions, dim))
+        shift = self.param("shift", nn.with_logical_partitioning(nn.initializers.zeros,
+                           (None, "embed")), (self.num_conditions, dim))
+        x = nn.LayerNorm(epsilon=self.epsilon, use_scale=False, use_bias=False)(x)
+        return x * scale[cond_id][:, None, :] + shift[cond_id][:, None, :]
+
+
+def layer_norm(x: jax.Array, cond_id: jax.Array | None, num_conditions: int, name: str,
+               epsilon: float = 1e-6) -> jax.Array:
+    """Plain LayerNorm, or AdaLayerNorm when the module is conditioned (num_conditions > 0)."""
+    if num_conditions:
+        return AdaLayerNorm(num_conditions, epsilon, name=name)(x, cond_id)
+    return nn.LayerNorm(epsilon=epsilon, name=name)(x)
+
+
+class ConvNeXtBlock(nn.Module):
+    """x + gamma * Linear(GELU(Linear(Norm(DepthwiseConv7(x))))), gamma initialised to `layer_scale`."""
+
+    hidden: int
+    layer_scale: float
+    num_conditions: int = 0
+    kernel_size: int = 7
+
+    @nn.compact
+    def __call__(self, x: jax.Array, cond_id: jax.Array | None = None) -> jax.Array:
+        dim = x.shape[-1]
+        y = Conv1d(dim, self.kernel_size, groups=dim, padding=self.kernel_size // 2,
+                   weight_norm=False, name="dwconv")(x)
+        y = layer_norm(y, cond_id, self.num_conditions, "norm")
+        y = nn.Dense(self.hidden, name="pwconv1")(y)
+        y = jax.nn.gelu(y, approximate=False)
+        y = nn.Dense(dim, name="pwconv2")(y)
+        gamma = self.param("gamma", nn.with_logical_partitioning(
+            nn.initializers.constant(self.layer_scale), ("embed",)), (dim,))
+        return x + gamma.astype(y.dtype) * y
+
