@@ -134,7 +134,8 @@ def encodec_config(hf: dict, name: str) -> CodecConfig:
                               "(stereo 48 kHz is not supported yet)")
     hop = math.prod(hf["upsampling_ratios"])
     frame_rate = math.ceil(hf["sampling_rate"] / hop)
-    num_q = int(1000 * hf["target_bandwidths"][-1] // (frame_rate * 10))
+    bits = math.log2(hf["codebook_size"])
+    num_q = int(1000 * hf["target_bandwidths"][-1] // (frame_rate * bits))
     net = SEANetConfig(
         channels=hf["num_filters"], strides=tuple(reversed(hf["upsampling_ratios"])),
         latent_dim=hf["hidden_size"], kernel_size=hf["kernel_size"],

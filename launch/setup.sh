@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Sourced by launch/quickstart.sh and launch/test.sh: makes .venv with nclm installed, on a fresh
+# Debian/Ubuntu machine with Python >= 3.10 (Debian packages via apt-get when root and missing).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+need_apt=()
+python3 -c "import venv, ensurepip" 2>/dev/null || need_apt+=(python3-venv)
+command -v espeak-ng >/dev/null || need_apt+=(espeak-ng)   # speech for the quickstart corpus
+if ((${#need_apt[@]})); then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: apt-get install ${need_apt[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    echo "setup: please install the Debian packages: ${need_apt[*]}" >&2
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+# shellcheck disable=SC1091
+. .venv/bin/activate
+stamp=.venv/.nclm-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "setup: installing nclm and its dependencies into .venv (first run: a few minutes)"
+  python -m pip install -q --upgrade pip
+  # The CPU build of torch, pinned: an unpinned torch pulls several GB of CUDA packages.
+  python -m pip install -q "torch==2.13.0"
+  python -m pip install -q -e ".[test,parity]"
+  touch "$stamp"
+fi
