@@ -1,0 +1,1 @@
+"""Manifests (JSONL), corpus builders, a local synthetic corpus and the grain audio pipeline."""
