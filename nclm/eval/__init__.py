@@ -1,0 +1,1 @@
+"""Evaluation of codecs (and later codec LMs) over a manifest; `nclm codec eval` lives here."""
