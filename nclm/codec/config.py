@@ -63,7 +63,7 @@ class QuantizerConfig:
 
 @dataclass(frozen=True)
 class VocosConfig:
-    """Vocos decoder: ConvNeXt backbone at the frame rate and an iSTFT head (REFERENCE.md section 3).
+    """Vocos decoder: ConvNeXt backbone at the frame rate, iSTFT head (REFERENCE.md section 3).
     n_fft defaults to 4 x hop; the iSTFT hop is the codec hop."""
 
     dim: int = 384
@@ -88,14 +88,19 @@ class CodecConfig:
         if self.decoder == "vocos" and self.vocos is None:
             object.__setattr__(self, "vocos", VocosConfig())
         if self.quantizer.kind not in ("ema", "factorized"):
-            raise ValueError(f"quantizer.kind must be 'ema' or 'factorized', got {self.quantizer.kind!r}")
+            raise ValueError(
+                f"quantizer.kind must be 'ema' or 'factorized', got {self.quantizer.kind!r}"
+            )
         if self.quantizer.kind == "ema" and self.quantizer.codebook_dim != self.network.latent_dim:
             raise ValueError(
-                f"quantizer.codebook_dim ({self.quantizer.codebook_dim}) must equal network.latent_dim "
+                f"quantizer.codebook_dim ({self.quantizer.codebook_dim}) must equal "
+                f"network.latent_dim "
                 f"({self.network.latent_dim}) for the ema quantizer"
             )
         if self.quantizer.codebook_size & (self.quantizer.codebook_size - 1):
-            raise ValueError(f"quantizer.codebook_size must be a power of 2, got {self.quantizer.codebook_size}")
+            raise ValueError(
+                f"quantizer.codebook_size must be a power of 2, got {self.quantizer.codebook_size}"
+            )
 
     @property
     def hop_length(self) -> int:
@@ -127,7 +132,9 @@ class CodecConfig:
         net = dict(d.pop("network"))
         net_cls = {"seanet": SEANetConfig, "dac": DACNetConfig}.get(net.get("kind"))
         if net_cls is None:
-            raise ValueError(f"codec network.kind must be 'seanet' or 'dac', got {net.get('kind')!r}")
+            raise ValueError(
+                f"codec network.kind must be 'seanet' or 'dac', got {net.get('kind')!r}"
+            )
         vocos = d.pop("vocos", None)
         return cls(
             network=_build(net_cls, net, "network"),
@@ -141,7 +148,9 @@ def _check_keys(cls, d: dict, where: str, skip: set[str] = frozenset()) -> dict:
     known = {f.name for f in dataclasses.fields(cls)} - set(skip)
     unknown = set(d) - known
     if unknown:
-        raise ValueError(f"unknown {where} config keys {sorted(unknown)}; expected some of {sorted(known)}")
+        raise ValueError(
+            f"unknown {where} config keys {sorted(unknown)}; expected some of {sorted(known)}"
+        )
     return d
 
 
@@ -157,14 +166,19 @@ def _build(cls, d: dict, where: str):
 
 def encodec_24khz(num_codebooks: int = 8) -> CodecConfig:
     """VALL-E's codec: 75 Hz x 8 x 1024 = 6 kbps (the published model has 32 levels, 24 kbps)."""
-    return CodecConfig("encodec_24khz", 24000, SEANetConfig(),
-                       QuantizerConfig("ema", num_codebooks, 1024, 128))
+    return CodecConfig(
+        "encodec_24khz", 24000, SEANetConfig(), QuantizerConfig("ema", num_codebooks, 1024, 128)
+    )
 
 
 def encodec_16khz(num_codebooks: int = 4) -> CodecConfig:
     """AudioGen/VoiceCraft style: 16 kHz, hop 320 -> 50 Hz, 4 x 2048, 64 base channels."""
-    return CodecConfig("encodec_16khz", 16000, SEANetConfig(channels=64),
-                       QuantizerConfig("ema", num_codebooks, 2048, 128))
+    return CodecConfig(
+        "encodec_16khz",
+        16000,
+        SEANetConfig(channels=64),
+        QuantizerConfig("ema", num_codebooks, 2048, 128),
+    )
 
 
 def dac(sample_rate: int) -> CodecConfig:
@@ -176,8 +190,12 @@ def dac(sample_rate: int) -> CodecConfig:
     if sample_rate not in table:
         raise ValueError(f"DAC presets exist for {sorted(table)} Hz, not {sample_rate}")
     strides, num_codebooks = table[sample_rate]
-    return CodecConfig(f"dac_{sample_rate // 1000}khz", sample_rate, DACNetConfig(strides=strides),
-                       QuantizerConfig("factorized", num_codebooks, 1024, 8, dropout=0.5))
+    return CodecConfig(
+        f"dac_{sample_rate // 1000}khz",
+        sample_rate,
+        DACNetConfig(strides=strides),
+        QuantizerConfig("factorized", num_codebooks, 1024, 8, dropout=0.5),
+    )
 
 
 def codec_comparison_4kbps(variant: str) -> CodecConfig:
@@ -188,10 +206,22 @@ def codec_comparison_4kbps(variant: str) -> CodecConfig:
     decoder = "vocos" if variant.endswith("vocos") else "waveform"
     vocos = VocosConfig(dim=512, hidden=1536, num_layers=8) if decoder == "vocos" else None
     if variant.startswith("ema"):
-        return CodecConfig(f"cmp4k_{variant}", 16000, SEANetConfig(channels=32, causal=False),
-                           QuantizerConfig("ema", 8, 1024, 128, dropout=0.5), decoder, vocos)
-    return CodecConfig(f"cmp4k_{variant}", 16000, DACNetConfig(strides=(2, 4, 5, 8)),
-                       QuantizerConfig("factorized", 8, 1024, 8, dropout=0.5), decoder, vocos)
+        return CodecConfig(
+            f"cmp4k_{variant}",
+            16000,
+            SEANetConfig(channels=32, causal=False),
+            QuantizerConfig("ema", 8, 1024, 128, dropout=0.5),
+            decoder,
+            vocos,
+        )
+    return CodecConfig(
+        f"cmp4k_{variant}",
+        16000,
+        DACNetConfig(strides=(2, 4, 5, 8)),
+        QuantizerConfig("factorized", 8, 1024, 8, dropout=0.5),
+        decoder,
+        vocos,
+    )
 
 
 def tiny(kind: str = "seanet", decoder: str = "waveform", sample_rate: int = 16000) -> CodecConfig:
@@ -200,8 +230,9 @@ def tiny(kind: str = "seanet", decoder: str = "waveform", sample_rate: int = 160
         net = SEANetConfig(channels=8, latent_dim=32, lstm_layers=1)
         quant = QuantizerConfig("ema", 4, 256, 32)
     elif kind == "dac":
-        net = DACNetConfig(encoder_channels=8, decoder_channels=96, strides=(2, 4, 5, 8),
-                           latent_dim=64)
+        net = DACNetConfig(
+            encoder_channels=8, decoder_channels=96, strides=(2, 4, 5, 8), latent_dim=64
+        )
         quant = QuantizerConfig("factorized", 4, 256, 8)
     else:
         raise ValueError(f"tiny codec kind must be 'seanet' or 'dac', got {kind!r}")

@@ -10,7 +10,8 @@ they live in the `codebooks` collection and move by exponential moving averages,
 
 and a code whose N_v falls under `dead_code_threshold` is restarted at a random frame of the batch
 (with N_v set to the threshold and m_v to threshold * frame, so the restart survives the next
-average, unlike EnCodec's restart that the same step's EMA overwrites).
+average, unlike EnCodec's restart that the same step's EMA overwrites). A level that no frame of
+the batch used (variable bandwidth) is left unchanged.
 
 The module never mutates its statistics: `__call__(..., train=True)` returns the batch statistics
 in `QuantizerOutput.stats` and the caller applies `ema_update` to the train state.
@@ -23,7 +24,8 @@ import jax
 import jax.numpy as jnp
 
 from nclm.codec.config import QuantizerConfig
-from nclm.codec.quantize import QuantizerOutput, active_levels, nearest_euclidean
+from nclm.codec.quantize import QuantizerOutput, active_levels, kmeans, nearest_euclidean
+from nclm.nn import init as initializers
 
 
 class EMAResidualVQ(nn.Module):
@@ -32,7 +34,9 @@ class EMAResidualVQ(nn.Module):
     def setup(self):
         q, v, d = self.cfg.num_codebooks, self.cfg.codebook_size, self.cfg.codebook_dim
         rng = lambda: self.make_rng("params")
-        self.embed = self.variable("codebooks", "embed", lambda: jax.random.normal(rng(), (q, v, d)))
+        self.embed = self.variable(
+            "codebooks", "embed", lambda: initializers.normal(1.0)(rng(), (q, v, d))
+        )
         self.embed_sum = self.variable("codebooks", "embed_sum", lambda: self.embed.value)
         self.cluster_size = self.variable("codebooks", "cluster_size", lambda: jnp.ones((q, v)))
 
@@ -58,8 +62,9 @@ class EMAResidualVQ(nn.Module):
         _, (codes, quantized, residuals) = jax.lax.scan(level, z.astype(jnp.float32), embed)
         return jnp.swapaxes(codes, 0, 1), (quantized, residuals)
 
-    def __call__(self, z: jax.Array, train: bool = False, mask: jax.Array | None = None
-                 ) -> QuantizerOutput:
+    def __call__(
+        self, z: jax.Array, train: bool = False, mask: jax.Array | None = None
+    ) -> QuantizerOutput:
         """z[B, T, D]; mask[B, T] marks real frames. In training, with probability `dropout` the
         batch uses a random number of levels 1..Q (variable bandwidth)."""
         cfg = self.cfg
@@ -81,21 +86,28 @@ class EMAResidualVQ(nn.Module):
         out = z32 + jax.lax.stop_gradient(q_sum - z32)  # straight-through
         stats = None
         if train:
-            stats = batch_statistics(residuals, codes, weight, cfg.codebook_size,
-                                     self.make_rng("codebooks"))
+            stats = batch_statistics(
+                residuals, codes, weight, cfg.codebook_size, self.make_rng("codebooks")
+            )
         return QuantizerOutput(out.astype(z.dtype), codes, commit, jnp.zeros(()), used, stats)
 
 
 def batch_statistics(residuals, codes, weight, codebook_size: int, key) -> dict:
     """Per-level counts n[Q, V], sums s[Q, V, D] and one random batch frame per code
-    (restart candidates) samples[Q, V, D]. residuals[Q, B, T, D], codes[B, Q, T], weight[Q, B, T]."""
+    (restart candidates) samples[Q, V, D].
+    residuals[Q, B, T, D], codes[B, Q, T], weight[Q, B, T]."""
     num_q, _, _, dim = residuals.shape
     flat_r = jax.lax.stop_gradient(residuals).reshape(num_q, -1, dim)
     onehot = jax.nn.one_hot(jnp.swapaxes(codes, 0, 1).reshape(num_q, -1), codebook_size)
     onehot = onehot * weight.reshape(num_q, -1, 1)
     counts = onehot.sum(axis=1)
     sums = jnp.einsum("qnv,qnd->qvd", onehot, flat_r)
-    pick = jax.random.randint(key, (num_q, codebook_size), 0, flat_r.shape[1])
+    # Candidates are uniform over the frames with weight > 0, never padding: invert the running
+    # count of such frames at a uniform draw.
+    real = jnp.cumsum((weight.reshape(num_q, -1) > 0).astype(jnp.float32), axis=-1)
+    u = jax.random.uniform(key, (num_q, codebook_size)) * real[:, -1:]
+    pick = jax.vmap(lambda c, x: jnp.searchsorted(c, x, side="right"))(real, u)
+    pick = jnp.minimum(pick, flat_r.shape[1] - 1)
     samples = jnp.take_along_axis(flat_r, pick[:, :, None], axis=1)
     return {"counts": counts, "sums": sums, "samples": samples}
 
@@ -103,15 +115,35 @@ def batch_statistics(residuals, codes, weight, codebook_size: int, key) -> dict:
 def ema_update(codebooks: dict, stats: dict, cfg: QuantizerConfig) -> tuple[dict, dict]:
     """Applies one EMA step and dead-code restarts. Returns (new codebooks, metrics)."""
     g, eps = cfg.decay, cfg.epsilon
+    # A level no frame used (variable bandwidth dropped it) keeps its state, as in EnCodec, which
+    # updates only the levels it ran; decaying it would restart its codes for no reason.
+    used = stats["counts"].sum(axis=-1) > 0  # [Q]
     n = g * codebooks["cluster_size"] + (1 - g) * stats["counts"]
     m = g * codebooks["embed_sum"] + (1 - g) * stats["sums"]
     total = n.sum(axis=-1, keepdims=True)
     smoothed = (n + eps) / (total + cfg.codebook_size * eps) * total
     embed = m / smoothed[..., None]
-    dead = n < cfg.dead_code_threshold
+    dead = (n < cfg.dead_code_threshold) & used[:, None]
     threshold = cfg.dead_code_threshold
     embed = jnp.where(dead[..., None], stats["samples"], embed)
     m = jnp.where(dead[..., None], stats["samples"] * threshold, m)
     n = jnp.where(dead, threshold, n)
     metrics = {"dead_code_restarts": dead.sum(axis=-1)}
-    return {"embed": embed, "embed_sum": m, "cluster_size": n}, metrics
+    new = {"embed": embed, "embed_sum": m, "cluster_size": n}
+    keep = lambda k, v: jnp.where(used.reshape(-1, *[1] * (v.ndim - 1)), v, codebooks[k])
+    return {k: keep(k, v) for k, v in new.items()}, metrics
+
+
+def kmeans_init(latents: jax.Array, cfg: QuantizerConfig, key: jax.Array) -> dict:
+    """Codebooks from k-means, level by level: level q clusters the residual that levels < q
+    leave on latents[N, D] (EnCodec initialises from its first batch the same way). Returns the
+    `codebooks` collection of an EMAResidualVQ, EMA statistics consistent with the centroids."""
+    residual = latents.reshape(-1, latents.shape[-1]).astype(jnp.float32)
+    embeds, counts = [], []
+    for level_key in jax.random.split(key, cfg.num_codebooks):
+        centroids, count = kmeans(residual, cfg.codebook_size, cfg.kmeans_iters, level_key)
+        residual = residual - centroids[nearest_euclidean(residual, centroids)]
+        embeds.append(centroids)
+        counts.append(count)
+    embed, cluster = jnp.stack(embeds), jnp.stack(counts)
+    return {"embed": embed, "embed_sum": embed * cluster[..., None], "cluster_size": cluster}

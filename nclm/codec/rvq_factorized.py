@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from nclm.codec.config import QuantizerConfig
 from nclm.codec.quantize import QuantizerOutput, active_levels, nearest_cosine
+from nclm.nn import init as initializers
 from nclm.nn.conv import weight_normed
 
 
@@ -29,25 +30,45 @@ class FactorizedResidualVQ(nn.Module):
     latent_dim: int
 
     def setup(self):
-        q, v, d, big = (self.cfg.num_codebooks, self.cfg.codebook_size, self.cfg.codebook_dim,
-                        self.latent_dim)
-        init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=1,
-                                                out_axis=2, batch_axis=0)
+        q, v, d, big = (
+            self.cfg.num_codebooks,
+            self.cfg.codebook_size,
+            self.cfg.codebook_dim,
+            self.latent_dim,
+        )
+        init = initializers.fan_in((1,))
         axes = ("levels", "embed", None)
         self.in_v = self.param("in_v", nn.with_logical_partitioning(init, axes), (q, big, d))
-        self.in_g = self.param("in_g", nn.with_logical_partitioning(
-            lambda k, s: jnp.linalg.norm(nn.meta.unbox(self.in_v), axis=1), ("levels", None)), (q, d))
-        self.in_b = self.param("in_b", nn.with_logical_partitioning(
-            nn.initializers.zeros, ("levels", None)), (q, d))
-        self.out_v = self.param("out_v", nn.with_logical_partitioning(
-            init, ("levels", None, "embed")), (q, d, big))
-        self.out_g = self.param("out_g", nn.with_logical_partitioning(
-            lambda k, s: jnp.linalg.norm(nn.meta.unbox(self.out_v), axis=1), ("levels", "embed")),
-            (q, big))
-        self.out_b = self.param("out_b", nn.with_logical_partitioning(
-            nn.initializers.zeros, ("levels", "embed")), (q, big))
-        self.codebook = self.param("codebook", nn.with_logical_partitioning(
-            nn.initializers.normal(0.02), ("levels", None, None)), (q, v, d))
+        self.in_g = self.param(
+            "in_g",
+            nn.with_logical_partitioning(
+                lambda k, s: jnp.linalg.norm(nn.meta.unbox(self.in_v), axis=1), ("levels", None)
+            ),
+            (q, d),
+        )
+        self.in_b = self.param(
+            "in_b", nn.with_logical_partitioning(nn.initializers.zeros, ("levels", None)), (q, d)
+        )
+        self.out_v = self.param(
+            "out_v", nn.with_logical_partitioning(init, ("levels", None, "embed")), (q, d, big)
+        )
+        self.out_g = self.param(
+            "out_g",
+            nn.with_logical_partitioning(
+                lambda k, s: jnp.linalg.norm(nn.meta.unbox(self.out_v), axis=1), ("levels", "embed")
+            ),
+            (q, big),
+        )
+        self.out_b = self.param(
+            "out_b",
+            nn.with_logical_partitioning(nn.initializers.zeros, ("levels", "embed")),
+            (q, big),
+        )
+        self.codebook = self.param(
+            "codebook",
+            nn.with_logical_partitioning(initializers.normal(0.02), ("levels", None, None)),
+            (q, v, d),
+        )
 
     def _weights(self, n: int):
         w_in = weight_normed(self.in_v[:n], self.in_g[:n], (1,))
@@ -78,22 +99,26 @@ class FactorizedResidualVQ(nn.Module):
         z_q = jax.vmap(lambda c, i: c[i], in_axes=(0, 1))(codebook, codes)  # [Q, B, T, d]
         return jnp.einsum("qbtd,qdD->btD", z_q, w_out) + b_out.sum(axis=0)
 
-    def __call__(self, z: jax.Array, train: bool = False, mask: jax.Array | None = None
-                 ) -> QuantizerOutput:
+    def __call__(
+        self, z: jax.Array, train: bool = False, mask: jax.Array | None = None
+    ) -> QuantizerOutput:
         cfg = self.cfg
         codes, (z_e, z_q, out) = self._levels(z, cfg.num_codebooks)
         batch = z.shape[0]
         used = jnp.full((batch,), cfg.num_codebooks)
         n_drop = int(round(batch * cfg.dropout)) if train else 0
         if n_drop:
-            random_n = jax.random.randint(self.make_rng("dropout"), (batch,), 1,
-                                          cfg.num_codebooks + 1)
+            random_n = jax.random.randint(
+                self.make_rng("dropout"), (batch,), 1, cfg.num_codebooks + 1
+            )
             used = jnp.where(jnp.arange(batch) < n_drop, random_n, used)
         level_on = active_levels(used, cfg.num_codebooks)  # [Q, B]
         frame_w = jnp.ones(z.shape[:2]) if mask is None else mask.astype(jnp.float32)
         weight = level_on[:, :, None] * frame_w  # [Q, B, T]
         denom = jnp.maximum(jnp.sum(frame_w), 1.0)
-        commit = jnp.sum(jnp.mean(jnp.square(z_e - jax.lax.stop_gradient(z_q)), -1) * weight) / denom
+        commit = (
+            jnp.sum(jnp.mean(jnp.square(z_e - jax.lax.stop_gradient(z_q)), -1) * weight) / denom
+        )
         book = jnp.sum(jnp.mean(jnp.square(jax.lax.stop_gradient(z_e) - z_q), -1) * weight) / denom
         quantized = jnp.sum(out * level_on[:, :, None, None], axis=0)
         return QuantizerOutput(quantized, codes, commit, book, used, None)

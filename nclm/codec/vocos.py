@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from nclm.audio.stft import istft_same
 from nclm.codec.config import VocosConfig
 from nclm.nn import Conv1d, ConvNeXtBlock
+from nclm.nn import init as initializers
 from nclm.nn.convnext import layer_norm
 
 MAX_MAGNITUDE = 100.0  # exp(log-magnitude) is clipped here, as in Vocos, to keep the iSTFT finite
@@ -37,9 +38,14 @@ class VocosDecoder(nn.Module):
         x = layer_norm(x, cond_id, conditions, "norm")
         for i in range(cfg.num_layers):
             x = ConvNeXtBlock(cfg.hidden, 1.0 / cfg.num_layers, conditions, name=f"block_{i}")(
-                x, cond_id)
+                x, cond_id
+            )
         x = nn.LayerNorm(epsilon=1e-6, name="final_norm")(x)
-        return istft_head(nn.Dense(n_fft + 2, name="head")(x), n_fft, self.hop)
+        return istft_head(
+            nn.Dense(n_fft + 2, kernel_init=initializers.fan_in((0,)), name="head")(x),
+            n_fft,
+            self.hop,
+        )
 
 
 def istft_head(x: jax.Array, n_fft: int, hop: int) -> jax.Array:

@@ -2,17 +2,20 @@
 
 from nclm.nn.activations import Snake
 from nclm.nn.conv import Conv1d, ConvTranspose1d, conv_output_length, conv_transpose_output_length
+from nclm.nn.conv2d import Conv2d, conv2d_output_shape
 from nclm.nn.convnext import AdaLayerNorm, ConvNeXtBlock
 from nclm.nn.lstm import LSTMLayer, ResidualLSTM
 
 __all__ = [
     "AdaLayerNorm",
     "Conv1d",
+    "Conv2d",
     "ConvNeXtBlock",
     "ConvTranspose1d",
     "LSTMLayer",
     "ResidualLSTM",
     "Snake",
+    "conv2d_output_shape",
     "conv_output_length",
     "conv_transpose_output_length",
 ]

@@ -13,6 +13,8 @@ class Snake(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, C]
         alpha = self.param(
-            "alpha", nn.with_logical_partitioning(nn.initializers.ones, ("conv_in",)), (x.shape[-1],)
+            "alpha",
+            nn.with_logical_partitioning(nn.initializers.ones, ("conv_in",)),
+            (x.shape[-1],),
         ).astype(x.dtype)
         return x + jnp.reciprocal(alpha + 1e-9) * jnp.square(jnp.sin(alpha * x))

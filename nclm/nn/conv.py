@@ -26,6 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nclm.nn import init as initializers
+
 Padding = str | int
 
 CONV_AXES = (None, "conv_in", "conv_out")
@@ -107,9 +109,10 @@ def weight_normed(v: jax.Array, g: jax.Array, axes: Sequence[int]) -> jax.Array:
 
 
 def _kernel(module: nn.Module, shape: tuple[int, int, int], weight_norm: bool, norm_axis: int):
-    """Creates the kernel [K, C_in, C_out]; with weight norm, as direction `weight_v` and per-channel
+    """Creates the kernel [K, C_in, C_out]; with weight norm, as direction `weight_v` and
+    per-channel
     magnitude `weight_g` (over `norm_axis`), initialised so that w = v at step 0."""
-    init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=(0, 1))
+    init = initializers.fan_in((0, 1))
     if not weight_norm:
         return module.param("kernel", nn.with_logical_partitioning(init, CONV_AXES), shape)
     v = module.param("weight_v", nn.with_logical_partitioning(init, CONV_AXES), shape)
@@ -118,8 +121,11 @@ def _kernel(module: nn.Module, shape: tuple[int, int, int], weight_norm: bool, n
     def g_init(key, _shape):
         return jnp.sqrt(jnp.sum(jnp.square(nn.meta.unbox(v)), axis=axes))
 
-    g = module.param("weight_g", nn.with_logical_partitioning(g_init, (CONV_AXES[norm_axis],)),
-                     (shape[norm_axis],))
+    g = module.param(
+        "weight_g",
+        nn.with_logical_partitioning(g_init, (CONV_AXES[norm_axis],)),
+        (shape[norm_axis],),
+    )
     return weight_normed(v, g, axes)
 
 
@@ -139,7 +145,9 @@ class Conv1d(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, C_in] -> [B, T', features]
         in_features = x.shape[-1]
         if in_features % self.groups:
-            raise ValueError(f"Conv1d: {in_features} input channels not divisible by groups={self.groups}")
+            raise ValueError(
+                f"Conv1d: {in_features} input channels not divisible by groups={self.groups}"
+            )
         k = effective_kernel(self.kernel_size, self.dilation)
         left, right = conv_padding(x.shape[1], k, self.stride, self.padding)
         x = pad_time(x, left, right, self.pad_mode)
@@ -158,7 +166,8 @@ class Conv1d(nn.Module):
         )
         if self.use_bias:
             bias = self.param(
-                "bias", nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
+                "bias",
+                nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
                 (self.features,),
             )
             y = y + bias.astype(dtype)
@@ -200,7 +209,8 @@ class ConvTranspose1d(nn.Module):
         out = out[:, left : (length - 1) * s + k - right]
         if self.use_bias:
             bias = self.param(
-                "bias", nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
+                "bias",
+                nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
                 (self.features,),
             )
             out = out + bias.astype(dtype)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
+from nclm.nn import init as initializers
 from nclm.nn.conv import Conv1d
 
 
@@ -19,16 +19,23 @@ class AdaLayerNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, cond_id: jax.Array) -> jax.Array:  # x[B,T,D], cond_id[B]
         dim = x.shape[-1]
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones,
-                           (None, "embed")), (self.num_conditions, dim))
-        shift = self.param("shift", nn.with_logical_partitioning(nn.initializers.zeros,
-                           (None, "embed")), (self.num_conditions, dim))
+        scale = self.param(
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones, (None, "embed")),
+            (self.num_conditions, dim),
+        )
+        shift = self.param(
+            "shift",
+            nn.with_logical_partitioning(nn.initializers.zeros, (None, "embed")),
+            (self.num_conditions, dim),
+        )
         x = nn.LayerNorm(epsilon=self.epsilon, use_scale=False, use_bias=False)(x)
         return x * scale[cond_id][:, None, :] + shift[cond_id][:, None, :]
 
 
-def layer_norm(x: jax.Array, cond_id: jax.Array | None, num_conditions: int, name: str,
-               epsilon: float = 1e-6) -> jax.Array:
+def layer_norm(
+    x: jax.Array, cond_id: jax.Array | None, num_conditions: int, name: str, epsilon: float = 1e-6
+) -> jax.Array:
     """Plain LayerNorm, or AdaLayerNorm when the module is conditioned (num_conditions > 0)."""
     if num_conditions:
         return AdaLayerNorm(num_conditions, epsilon, name=name)(x, cond_id)
@@ -36,7 +43,7 @@ def layer_norm(x: jax.Array, cond_id: jax.Array | None, num_conditions: int, nam
 
 
 class ConvNeXtBlock(nn.Module):
-    """x + gamma * Linear(GELU(Linear(Norm(DepthwiseConv7(x))))), gamma initialised to `layer_scale`."""
+    """x + gamma * Linear(GELU(Linear(Norm(DepthwiseConv7(x))))), gamma starts at `layer_scale`."""
 
     hidden: int
     layer_scale: float
@@ -46,13 +53,21 @@ class ConvNeXtBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, cond_id: jax.Array | None = None) -> jax.Array:
         dim = x.shape[-1]
-        y = Conv1d(dim, self.kernel_size, groups=dim, padding=self.kernel_size // 2,
-                   weight_norm=False, name="dwconv")(x)
+        y = Conv1d(
+            dim,
+            self.kernel_size,
+            groups=dim,
+            padding=self.kernel_size // 2,
+            weight_norm=False,
+            name="dwconv",
+        )(x)
         y = layer_norm(y, cond_id, self.num_conditions, "norm")
-        y = nn.Dense(self.hidden, name="pwconv1")(y)
+        y = nn.Dense(self.hidden, kernel_init=initializers.fan_in((0,)), name="pwconv1")(y)
         y = jax.nn.gelu(y, approximate=False)
-        y = nn.Dense(dim, name="pwconv2")(y)
-        gamma = self.param("gamma", nn.with_logical_partitioning(
-            nn.initializers.constant(self.layer_scale), ("embed",)), (dim,))
+        y = nn.Dense(dim, kernel_init=initializers.fan_in((0,)), name="pwconv2")(y)
+        gamma = self.param(
+            "gamma",
+            nn.with_logical_partitioning(nn.initializers.constant(self.layer_scale), ("embed",)),
+            (dim,),
+        )
         return x + gamma.astype(y.dtype) * y
-

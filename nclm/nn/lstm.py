@@ -6,6 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nclm.nn import init as initializers
+
 
 class LSTMLayer(nn.Module):
     """One LSTM layer. Gates are ordered (input, forget, cell, output) as in torch.nn.LSTM; the two
@@ -17,14 +19,18 @@ class LSTMLayer(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, D] -> [B, T, features]
         h_dim = self.features
-        init = nn.initializers.uniform(scale=2.0 / jnp.sqrt(h_dim))
-        shifted = lambda key, shape: init(key, shape) - 1.0 / jnp.sqrt(h_dim)
-        w_ih = self.param("w_ih", nn.with_logical_partitioning(shifted, ("embed", "mlp")),
-                          (x.shape[-1], 4 * h_dim))
-        w_hh = self.param("w_hh", nn.with_logical_partitioning(shifted, ("embed", "mlp")),
-                          (h_dim, 4 * h_dim))
-        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
-                          (4 * h_dim,))
+        shifted = initializers.uniform(1.0 / h_dim**0.5)  # torch: U(-1/sqrt(H), 1/sqrt(H))
+        w_ih = self.param(
+            "w_ih",
+            nn.with_logical_partitioning(shifted, ("embed", "mlp")),
+            (x.shape[-1], 4 * h_dim),
+        )
+        w_hh = self.param(
+            "w_hh", nn.with_logical_partitioning(shifted, ("embed", "mlp")), (h_dim, 4 * h_dim)
+        )
+        bias = self.param(
+            "bias", nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)), (4 * h_dim,)
+        )
         gates_x = jnp.einsum("btd,dg->tbg", x, w_ih.astype(x.dtype)) + bias.astype(x.dtype)
 
         def step(carry, gx):
