@@ -17,6 +17,7 @@ jax and the models are imported inside the commands so that `nclm --help` stays 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -28,7 +29,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _enable_compilation_cache() -> None:
+    """Compiled programs (model init, each encode/decode length bucket, train steps) are cached
+    on disk across invocations; NCLM_JAX_CACHE or JAX_COMPILATION_CACHE_DIR moves it, and
+    NCLM_JAX_CACHE=off disables it. Set before jax is imported, which reads it at import."""
+    cache = os.environ.get("NCLM_JAX_CACHE", os.path.expanduser("~/.cache/nclm/jax"))
+    if cache != "off":
+        os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
+        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    _enable_compilation_cache()
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     command = getattr(args, "command_parser", parser)
@@ -81,9 +93,12 @@ def _data_commands(groups: argparse._SubParsersAction) -> None:
 
 
 def _train_command(groups: argparse._SubParsersAction) -> None:
-    p = groups.add_parser("train", help="train (or resume) a run from an experiment config",
-                          description="Restarting the same command resumes from the latest "
-                          "checkpoint in --workdir; --config WORKDIR/config.json repeats a run.")
+    p = groups.add_parser(
+        "train",
+        help="train (or resume) a run from an experiment config",
+        description="Restarting the same command resumes from the latest "
+        "checkpoint in --workdir; --config WORKDIR/config.json repeats a run.",
+    )
     p.add_argument("--config", required=True, metavar="FILE.py[:ARG]|config.json")
     p.add_argument("--workdir", required=True, metavar="DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -95,7 +110,8 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> None:
 
     from nclm.config import load_config
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("nclm").setLevel(logging.INFO)  # ours; orbax/absl stay at warnings
     cfg = load_config(args.config, overrides)
     if "codec" in cfg and "discriminator" in cfg:
         from nclm.train.codec_train import train_codec
@@ -106,8 +122,9 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> None:
             print(f"nclm: {e}; run the same command to resume", file=sys.stderr)
             sys.exit(130)
         return
-    raise ValueError(f"--config {args.config}: not a training experiment (no codec/discriminator "
-                     "sections)")
+    raise ValueError(
+        f"--config {args.config}: not a training experiment (no codec/discriminator sections)"
+    )
 
 
 # -- nclm bench ---------------------------------------------------------------------------------
@@ -122,6 +139,16 @@ def _bench_commands(groups: argparse._SubParsersAction) -> None:
     p = sub.add_parser("codec", help="codec encode/decode throughput vs the PyTorch reference")
     codec_bench.add_arguments(p)
     p.set_defaults(func=lambda args, _: codec_bench.run(args), command_parser=p)
+
+    from nclm.bench import codec_train as codec_train_bench
+
+    p = sub.add_parser("codec-train", help="codec GAN training step time and audio seconds/s")
+    codec_train_bench.add_arguments(p)
+    p.set_defaults(
+        func=lambda args, overrides: codec_train_bench.run(args, overrides),
+        command_parser=p,
+        accepts_overrides=True,
+    )
 
 
 def _command_groups():

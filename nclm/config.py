@@ -71,7 +71,9 @@ def _parse(text: str, current: Any, key: str) -> Any:
     except (ValueError, SyntaxError):
         if current is None:
             return text
-        raise ConfigError(f"--config.{key}: cannot parse {text!r} as {type(current).__name__}") from None
+        raise ConfigError(
+            f"--config.{key}: cannot parse {text!r} as {type(current).__name__}"
+        ) from None
     if current is None:
         return value
     if isinstance(current, bool) != isinstance(value, bool):
@@ -98,7 +100,9 @@ def apply_override(cfg: ml_collections.ConfigDict, item: str) -> None:
         node = node[part]
     leaf = parts[-1]
     if leaf not in node:
-        raise ConfigError(f"--config.{key}: unknown config key; known at this level: {sorted(node.keys())}")
+        raise ConfigError(
+            f"--config.{key}: unknown config key; known at this level: {sorted(node.keys())}"
+        )
     node[leaf] = _parse(value, node[leaf], key)
 
 

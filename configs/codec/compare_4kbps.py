@@ -18,5 +18,7 @@ def get_config(arg=None):
     if variant.endswith("_tiny"):
         base = variant.removesuffix("_tiny")
         kind = "dac" if base.startswith("dac") else "seanet"
-        return codec_experiment(codecs.tiny(kind, "vocos" if base.endswith("vocos") else "waveform"))
+        return codec_experiment(
+            codecs.tiny(kind, "vocos" if base.endswith("vocos") else "waveform"), tiny=True
+        )
     return codec_experiment(codecs.codec_comparison_4kbps(variant))

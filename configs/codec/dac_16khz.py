@@ -12,4 +12,4 @@ from nclm.codec.experiment import codec_experiment
 
 def get_config(arg=None):
     codec = codecs.dac(16000) if arg != "tiny" else codecs.tiny("dac")
-    return codec_experiment(codec)
+    return codec_experiment(codec, tiny=arg == "tiny")

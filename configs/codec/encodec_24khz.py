@@ -12,4 +12,4 @@ from nclm.codec.experiment import codec_experiment
 
 def get_config(arg=None):
     codec = codecs.encodec_24khz() if arg != "tiny" else codecs.tiny("seanet")
-    return codec_experiment(codec)
+    return codec_experiment(codec, tiny=arg == "tiny")

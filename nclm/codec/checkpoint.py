@@ -33,14 +33,17 @@ class CheckpointError(ValueError):
 
 def codec_id(cfg: CodecConfig, variables: dict) -> str:
     digest = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode())
-    for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(variables), key=lambda p: str(p[0])):
+    for path, leaf in sorted(
+        jax.tree_util.tree_leaves_with_path(variables), key=lambda p: str(p[0])
+    ):
         digest.update(str(path).encode())
         digest.update(np.ascontiguousarray(np.asarray(leaf, np.float32)).tobytes())
     return f"{cfg.name}-{digest.hexdigest()[:12]}"
 
 
-def save_codec(path: str | os.PathLike, cfg: CodecConfig, variables: dict,
-               extra: dict | None = None) -> str:
+def save_codec(
+    path: str | os.PathLike, cfg: CodecConfig, variables: dict, extra: dict | None = None
+) -> str:
     """Writes a codec checkpoint atomically; replaces an existing one. Returns the codec id."""
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,8 +54,13 @@ def save_codec(path: str | os.PathLike, cfg: CodecConfig, variables: dict,
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / "variables", variables)
             ckptr.wait_until_finished()
-        meta = {"format": FORMAT, "version": VERSION, "codec_id": cid, "config": cfg.to_dict(),
-                **(extra or {})}
+        meta = {
+            "format": FORMAT,
+            "version": VERSION,
+            "codec_id": cid,
+            "config": cfg.to_dict(),
+            **(extra or {}),
+        }
         (tmp / "codec.json").write_text(json.dumps(meta, indent=2) + "\n")
         if path.exists():
             old = path.with_name(f".{path.name}.old")

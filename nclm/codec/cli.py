@@ -1,11 +1,11 @@
 """`nclm codec ...`: make, inspect and run codecs (registered by nclm/cli.py).
 
-    nclm codec init    --config configs/codec/encodec_24khz.py:tiny --out runs/tiny [--seed N]
-    nclm codec info    --codec runs/tiny [--json]
-    nclm codec encode  --codec runs/tiny IN OUT [--levels N] [--batch-size B]
-    nclm codec decode  --codec runs/tiny IN.npz OUT.wav [--levels N]
-    nclm codec convert --from transformers SRC_DIR --out DIR
-    nclm codec eval    --codec runs/tiny --manifest valid.jsonl [--out DIR]
+nclm codec init    --config configs/codec/encodec_24khz.py:tiny --out runs/tiny [--seed N]
+nclm codec info    --codec runs/tiny [--json]
+nclm codec encode  --codec runs/tiny IN OUT [--levels N] [--batch-size B]
+nclm codec decode  --codec runs/tiny IN.npz OUT.wav [--levels N]
+nclm codec convert --from transformers SRC_DIR --out DIR
+nclm codec eval    --codec runs/tiny --manifest valid.jsonl [--out DIR]
 """
 
 from __future__ import annotations

@@ -50,10 +50,14 @@ def read_state_dict(src: Path) -> dict[str, np.ndarray]:
         try:
             import torch
         except ImportError:
-            raise ConversionError(f"{bin_file}: reading .bin weights needs torch; "
-                                  "install nclm[parity] or convert to safetensors") from None
+            raise ConversionError(
+                f"{bin_file}: reading .bin weights needs torch; "
+                "install nclm[parity] or convert to safetensors"
+            ) from None
         state = torch.load(bin_file, map_location="cpu", weights_only=True)
-        return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
+        return {
+            k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()
+        }
     raise ConversionError(f"{src}: no model.safetensors or pytorch_model.bin")
 
 
@@ -79,8 +83,10 @@ class _Source:
     def check_all_used(self) -> None:
         unused = sorted(set(self.state) - self.used)
         if unused:
-            raise ConversionError(f"{self.origin}: unexpected tensors {unused[:5]}"
-                                  + (f" and {len(unused) - 5} more" if len(unused) > 5 else ""))
+            raise ConversionError(
+                f"{self.origin}: unexpected tensors {unused[:5]}"
+                + (f" and {len(unused) - 5} more" if len(unused) > 5 else "")
+            )
 
 
 def _weight_norm_parts(src: _Source, prefix: str, norm_dims: tuple[int, ...]):
@@ -127,29 +133,45 @@ def snake(src: _Source, prefix: str) -> dict:
 
 def encodec_config(hf: dict, name: str) -> CodecConfig:
     if hf.get("norm_type", "weight_norm") != "weight_norm":
-        raise ConversionError(f"EnCodec norm_type {hf['norm_type']!r} (the 48 kHz model) is not "
-                              "supported yet; only weight_norm models (24 kHz, 32 kHz) convert")
+        raise ConversionError(
+            f"EnCodec norm_type {hf['norm_type']!r} (the 48 kHz model) is not "
+            "supported yet; only weight_norm models (24 kHz, 32 kHz) convert"
+        )
     if hf.get("audio_channels", 1) != 1 or hf.get("normalize") or hf.get("chunk_length_s"):
-        raise ConversionError("only mono EnCodec models without chunking/normalisation convert "
-                              "(stereo 48 kHz is not supported yet)")
+        raise ConversionError(
+            "only mono EnCodec models without chunking/normalisation convert "
+            "(stereo 48 kHz is not supported yet)"
+        )
     hop = math.prod(hf["upsampling_ratios"])
     frame_rate = math.ceil(hf["sampling_rate"] / hop)
     bits = math.log2(hf["codebook_size"])
     num_q = int(1000 * hf["target_bandwidths"][-1] // (frame_rate * bits))
     net = SEANetConfig(
-        channels=hf["num_filters"], strides=tuple(reversed(hf["upsampling_ratios"])),
-        latent_dim=hf["hidden_size"], kernel_size=hf["kernel_size"],
-        last_kernel_size=hf["last_kernel_size"], residual_kernel_size=hf["residual_kernel_size"],
-        num_residual_layers=hf["num_residual_layers"], dilation_base=hf["dilation_growth_rate"],
-        compress=hf["compress"], lstm_layers=hf["num_lstm_layers"], causal=hf["use_causal_conv"],
-        pad_mode=hf["pad_mode"], conv_shortcut=hf["use_conv_shortcut"])
-    quant = QuantizerConfig("ema", num_q, hf["codebook_size"], hf.get("codebook_dim") or
-                            hf["hidden_size"])
+        channels=hf["num_filters"],
+        strides=tuple(reversed(hf["upsampling_ratios"])),
+        latent_dim=hf["hidden_size"],
+        kernel_size=hf["kernel_size"],
+        last_kernel_size=hf["last_kernel_size"],
+        residual_kernel_size=hf["residual_kernel_size"],
+        num_residual_layers=hf["num_residual_layers"],
+        dilation_base=hf["dilation_growth_rate"],
+        compress=hf["compress"],
+        lstm_layers=hf["num_lstm_layers"],
+        causal=hf["use_causal_conv"],
+        pad_mode=hf["pad_mode"],
+        conv_shortcut=hf["use_conv_shortcut"],
+    )
+    quant = QuantizerConfig(
+        "ema", num_q, hf["codebook_size"], hf.get("codebook_dim") or hf["hidden_size"]
+    )
     return CodecConfig(name, hf["sampling_rate"], net, quant)
 
 
 def _seanet_resblock(src: _Source, prefix: str, shortcut: bool) -> dict:
-    out = {"conv_0": conv(src, f"{prefix}.block.1.conv"), "conv_1": conv(src, f"{prefix}.block.3.conv")}
+    out = {
+        "conv_0": conv(src, f"{prefix}.block.1.conv"),
+        "conv_1": conv(src, f"{prefix}.block.3.conv"),
+    }
     if shortcut:
         out["shortcut"] = conv(src, f"{prefix}.shortcut.conv")
     return out
@@ -161,7 +183,9 @@ def encodec_variables(src: _Source, cfg: CodecConfig) -> dict:
     enc, i = {"stem": conv(src, "encoder.layers.0.conv")}, 1
     for b in range(len(net.strides)):
         for j in range(net.num_residual_layers):
-            enc[f"block_{b}_res_{j}"] = _seanet_resblock(src, f"encoder.layers.{i}", net.conv_shortcut)
+            enc[f"block_{b}_res_{j}"] = _seanet_resblock(
+                src, f"encoder.layers.{i}", net.conv_shortcut
+            )
             i += 1
         enc[f"block_{b}_down"] = conv(src, f"encoder.layers.{i + 1}.conv")  # i is the ELU
         i += 2
@@ -178,48 +202,71 @@ def encodec_variables(src: _Source, cfg: CodecConfig) -> dict:
         dec[f"block_{b}_up"] = conv_transpose(src, f"decoder.layers.{i + 1}.conv")
         i += 2
         for j in range(net.num_residual_layers):
-            dec[f"block_{b}_res_{j}"] = _seanet_resblock(src, f"decoder.layers.{i}", net.conv_shortcut)
+            dec[f"block_{b}_res_{j}"] = _seanet_resblock(
+                src, f"decoder.layers.{i}", net.conv_shortcut
+            )
             i += 1
     dec["head"] = conv(src, f"decoder.layers.{i + 1}.conv")
 
-    embed = np.stack([src.take(f"quantizer.layers.{q}.codebook.embed")
-                      for q in range(cfg.num_codebooks)])
-    cluster = np.stack([src.take(f"quantizer.layers.{q}.codebook.cluster_size")
-                        for q in range(cfg.num_codebooks)])
+    embed = np.stack(
+        [src.take(f"quantizer.layers.{q}.codebook.embed") for q in range(cfg.num_codebooks)]
+    )
+    cluster = np.stack(
+        [src.take(f"quantizer.layers.{q}.codebook.cluster_size") for q in range(cfg.num_codebooks)]
+    )
     src.mark_buffers(("codebook.inited", "codebook.embed_avg"))
     # Continue EMA training from the published codebooks: m = e * N keeps e = m / N.
     cluster = np.maximum(cluster, cfg.quantizer.dead_code_threshold)
     codebooks = {"embed": embed, "cluster_size": cluster, "embed_sum": embed * cluster[..., None]}
-    return {"params": {"encoder": enc, "decoder": dec},
-            "codebooks": {"quantizer": codebooks}}
+    return {"params": {"encoder": enc, "decoder": dec}, "codebooks": {"quantizer": codebooks}}
 
 
 # -- DAC --------------------------------------------------------------------------------------
 
 
 def dac_config(hf: dict, name: str) -> CodecConfig:
-    net = DACNetConfig(encoder_channels=hf["encoder_hidden_size"],
-                       decoder_channels=hf["decoder_hidden_size"],
-                       strides=tuple(hf["downsampling_ratios"]), latent_dim=hf["hidden_size"])
+    net = DACNetConfig(
+        encoder_channels=hf["encoder_hidden_size"],
+        decoder_channels=hf["decoder_hidden_size"],
+        strides=tuple(hf["downsampling_ratios"]),
+        latent_dim=hf["hidden_size"],
+    )
     if tuple(hf["upsampling_ratios"]) != tuple(reversed(net.strides)):
-        raise ConversionError(f"DAC upsampling_ratios {hf['upsampling_ratios']} are not the "
-                              f"reverse of downsampling_ratios {hf['downsampling_ratios']}")
-    quant = QuantizerConfig("factorized", hf["n_codebooks"], hf["codebook_size"],
-                            hf["codebook_dim"], dropout=hf.get("quantizer_dropout", 0.0))
+        raise ConversionError(
+            f"DAC upsampling_ratios {hf['upsampling_ratios']} are not the "
+            f"reverse of downsampling_ratios {hf['downsampling_ratios']}"
+        )
+    quant = QuantizerConfig(
+        "factorized",
+        hf["n_codebooks"],
+        hf["codebook_size"],
+        hf["codebook_dim"],
+        dropout=hf.get("quantizer_dropout", 0.0),
+    )
     return CodecConfig(name, hf["sampling_rate"], net, quant)
 
 
 def _dac_resunit(src: _Source, prefix: str) -> dict:
-    return {"snake_0": snake(src, f"{prefix}.snake1"), "conv_0": conv(src, f"{prefix}.conv1"),
-            "snake_1": snake(src, f"{prefix}.snake2"), "conv_1": conv(src, f"{prefix}.conv2")}
+    return {
+        "snake_0": snake(src, f"{prefix}.snake1"),
+        "conv_0": conv(src, f"{prefix}.conv1"),
+        "snake_1": snake(src, f"{prefix}.snake2"),
+        "conv_1": conv(src, f"{prefix}.conv2"),
+    }
 
 
 def dac_variables(src: _Source, cfg: CodecConfig) -> dict:
     num_blocks = len(cfg.network.strides)
-    enc = {"stem": conv(src, "encoder.conv1"), "head_snake": snake(src, "encoder.snake1"),
-           "head": conv(src, "encoder.conv2")}
-    dec = {"stem": conv(src, "decoder.conv1"), "head_snake": snake(src, "decoder.snake1"),
-           "head": conv(src, "decoder.conv2")}
+    enc = {
+        "stem": conv(src, "encoder.conv1"),
+        "head_snake": snake(src, "encoder.snake1"),
+        "head": conv(src, "encoder.conv2"),
+    }
+    dec = {
+        "stem": conv(src, "decoder.conv1"),
+        "head_snake": snake(src, "decoder.snake1"),
+        "head": conv(src, "decoder.conv2"),
+    }
     for b in range(num_blocks):
         for j in range(3):
             enc[f"block_{b}_res_{j}"] = _dac_resunit(src, f"encoder.block.{b}.res_unit{j + 1}")
@@ -228,10 +275,14 @@ def dac_variables(src: _Source, cfg: CodecConfig) -> dict:
         enc[f"block_{b}_down"] = conv(src, f"encoder.block.{b}.conv1")
         dec[f"block_{b}_snake"] = snake(src, f"decoder.block.{b}.snake1")
         dec[f"block_{b}_up"] = conv_transpose(src, f"decoder.block.{b}.conv_t1")
-    levels = [(conv(src, f"quantizer.quantizers.{q}.in_proj"),
-               conv(src, f"quantizer.quantizers.{q}.out_proj"),
-               src.take(f"quantizer.quantizers.{q}.codebook.weight"))
-              for q in range(cfg.num_codebooks)]
+    levels = [
+        (
+            conv(src, f"quantizer.quantizers.{q}.in_proj"),
+            conv(src, f"quantizer.quantizers.{q}.out_proj"),
+            src.take(f"quantizer.quantizers.{q}.codebook.weight"),
+        )
+        for q in range(cfg.num_codebooks)
+    ]
     quant = {
         "in_v": np.stack([p["weight_v"][0] for p, _, _ in levels]),  # [Q, D, d]
         "in_g": np.stack([p["weight_g"] for p, _, _ in levels]),
@@ -246,8 +297,7 @@ def dac_variables(src: _Source, cfg: CodecConfig) -> dict:
 
 # -- entry point ------------------------------------------------------------------------------
 
-FAMILIES = {"encodec": (encodec_config, encodec_variables),
-            "dac": (dac_config, dac_variables)}
+FAMILIES = {"encodec": (encodec_config, encodec_variables), "dac": (dac_config, dac_variables)}
 
 
 def _check_against(reference: dict, converted: dict, origin: str) -> None:
@@ -258,8 +308,10 @@ def _check_against(reference: dict, converted: dict, origin: str) -> None:
         if key not in got:
             raise ConversionError(f"{origin}: nothing converted into nclm variable {key}")
         if tuple(ref[key].shape) != tuple(np.shape(got[key])):
-            raise ConversionError(f"{origin}: nclm variable {key} expects shape "
-                                  f"{tuple(ref[key].shape)}, converted {tuple(np.shape(got[key]))}")
+            raise ConversionError(
+                f"{origin}: nclm variable {key} expects shape "
+                f"{tuple(ref[key].shape)}, converted {tuple(np.shape(got[key]))}"
+            )
     extra = sorted(set(got) - set(ref))
     if extra:
         raise ConversionError(f"{origin}: converted variables the model lacks: {extra[:5]}")
@@ -274,8 +326,10 @@ def convert_transformers_dir(src_dir: str | os.PathLike) -> tuple[CodecConfig, d
     hf = json.loads(config_file.read_text())
     model_type = hf.get("model_type")
     if model_type not in FAMILIES:
-        raise ConversionError(f"{config_file}: model_type {model_type!r} is not supported; "
-                              f"expected one of {sorted(FAMILIES)}")
+        raise ConversionError(
+            f"{config_file}: model_type {model_type!r} is not supported; "
+            f"expected one of {sorted(FAMILIES)}"
+        )
     make_config, make_variables = FAMILIES[model_type]
     try:
         cfg = make_config(hf, f"{model_type}_{hf['sampling_rate'] // 1000}khz")
@@ -292,4 +346,6 @@ def convert_transformers_dir(src_dir: str | os.PathLike) -> tuple[CodecConfig, d
 def convert_transformers(src_dir: str | os.PathLike, out_dir: str | os.PathLike) -> str:
     """Converts and saves; returns the new codec id."""
     cfg, variables = convert_transformers_dir(src_dir)
-    return save_codec(out_dir, cfg, variables, extra={"converted_from": str(Path(src_dir).absolute())})
+    return save_codec(
+        out_dir, cfg, variables, extra={"converted_from": str(Path(src_dir).absolute())}
+    )

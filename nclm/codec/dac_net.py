@@ -46,8 +46,9 @@ class DACEncoder(nn.Module):
                 x = DACResidualUnit(d, name=f"block_{i}_res_{j}")(x)
             width *= 2
             x = Snake(name=f"block_{i}_snake")(x)
-            x = Conv1d(width, 2 * stride, stride, padding=math.ceil(stride / 2),
-                       name=f"block_{i}_down")(x)
+            x = Conv1d(
+                width, 2 * stride, stride, padding=math.ceil(stride / 2), name=f"block_{i}_down"
+            )(x)
         x = Snake(name="head_snake")(x)
         return Conv1d(cfg.latent_dim, 3, padding=1, name="head")(x)
 
@@ -63,8 +64,9 @@ class DACDecoder(nn.Module):
         for i, stride in enumerate(reversed(cfg.strides)):
             width //= 2
             x = Snake(name=f"block_{i}_snake")(x)
-            x = ConvTranspose1d(width, 2 * stride, stride, trim=math.ceil(stride / 2),
-                                name=f"block_{i}_up")(x)
+            x = ConvTranspose1d(
+                width, 2 * stride, stride, trim=math.ceil(stride / 2), name=f"block_{i}_up"
+            )(x)
             for j, d in enumerate(DILATIONS):
                 x = DACResidualUnit(d, name=f"block_{i}_res_{j}")(x)
         x = Snake(name="head_snake")(x)

@@ -6,8 +6,9 @@
 
 Batches of clips of different lengths are zero-padded on the right; `lengths` (samples) and the
 returned `frames` / `samples` say which part of each row is real (codes past a clip's end are 0).
-Inputs are padded to a bucket of `bucket_frames` frames so that one compiled program serves many
-lengths; pass `bucket_frames=1` to run every length exactly (as the parity tests do).
+Inputs are padded to a bucket of `bucket_frames * 2^k` frames so that a corpus of any lengths
+needs only a logarithmic number of compiled programs (at most 2x padding); pass
+`bucket_frames=1` to run every length exactly (as the parity tests do).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from nclm.codec.model import Codec, num_params
 
 
 class NeuralCodec:
-    def __init__(self, cfg: CodecConfig, variables: dict, codec_id: str = "",
-                 bucket_frames: int = 50):
+    def __init__(
+        self, cfg: CodecConfig, variables: dict, codec_id: str = "", bucket_frames: int = 50
+    ):
         self.cfg = cfg
         self.codec_id = codec_id or cfg.name
         self.variables = jax.device_put(variables)
@@ -78,11 +80,14 @@ class NeuralCodec:
 
     def _bucket(self, frames: int) -> int:
         b = self.bucket_frames
-        return max(b, -(-frames // b) * b)
+        if b == 1:
+            return max(frames, 1)
+        return b * 2 ** max(0, math.ceil(math.log2(max(frames, 1) / b)))
 
     # -- coding --------------------------------------------------------------------------------
-    def encode(self, wavs: np.ndarray, lengths: np.ndarray | None = None,
-               num_levels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def encode(
+        self, wavs: np.ndarray, lengths: np.ndarray | None = None, num_levels: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """wavs float[B, S] at `sample_rate` -> (codes int32[B, Q', T], frames int[B])."""
         wavs = np.asarray(wavs, np.float32)
         if wavs.ndim != 2:
@@ -100,17 +105,24 @@ class NeuralCodec:
         codes = np.where(np.arange(codes.shape[2]) < frames[:, None, None], codes, 0)
         return codes.astype(np.int32), frames
 
-    def decode(self, codes: np.ndarray, frames: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def decode(
+        self, codes: np.ndarray, frames: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """codes int[B, Q', T] (Q' <= Q levels) -> (wavs float32[B, T * hop], samples int[B])."""
         codes = np.asarray(codes)
         if codes.ndim != 3:
-            raise ValueError(f"decode expects codes of shape [batch, levels, frames], got {codes.shape}")
+            raise ValueError(
+                f"decode expects codes of shape [batch, levels, frames], got {codes.shape}"
+            )
         if not 1 <= codes.shape[1] <= self.num_codebooks:
-            raise ValueError(f"codes have {codes.shape[1]} levels; this codec has 1..{self.num_codebooks}")
+            raise ValueError(
+                f"codes have {codes.shape[1]} levels; this codec has 1..{self.num_codebooks}"
+            )
         if codes.size and (codes.min() < 0 or codes.max() >= self.codebook_size):
-            raise ValueError(f"codes out of range: found [{codes.min()}, {codes.max()}], "
-                             f"expected 0..{self.codebook_size - 1}")
+            raise ValueError(
+                f"codes out of range: found [{codes.min()}, {codes.max()}], "
+                f"expected 0..{self.codebook_size - 1}"
+            )
         frames = np.full(len(codes), codes.shape[2]) if frames is None else np.asarray(frames)
         total = self._bucket(codes.shape[2])
         padded = np.zeros((*codes.shape[:2], total), np.int32)

@@ -63,16 +63,20 @@ class Codec(nn.Module):
     def decode(self, codes: jax.Array) -> jax.Array:
         return self._decode_latent(self.quantizer.decode(codes), codes.shape[1])
 
-    def __call__(self, wav: jax.Array, train: bool = False, mask: jax.Array | None = None
-                 ) -> CodecOutput:
+    def __call__(
+        self, wav: jax.Array, train: bool = False, mask: jax.Array | None = None
+    ) -> CodecOutput:
         """Training/eval forward on wav[B, S]; mask[B, T] marks real frames."""
         z = self.encode_latent(wav)
         q = self.quantizer(z, train=train, mask=mask)
         used = q.levels_used if self.cfg.decoder == "vocos" else None
         out = self._decode_latent(q.quantized, used)
         length = wav.shape[1]
-        out = out[:, :length] if out.shape[1] >= length else jnp.pad(
-            out, ((0, 0), (0, length - out.shape[1])))
+        out = (
+            out[:, :length]
+            if out.shape[1] >= length
+            else jnp.pad(out, ((0, 0), (0, length - out.shape[1])))
+        )
         return CodecOutput(out, q, z)
 
 

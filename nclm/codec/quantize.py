@@ -43,8 +43,9 @@ def active_levels(levels_used: jax.Array, num_levels: int) -> jax.Array:
     return (jnp.arange(num_levels)[:, None] < levels_used[None, :]).astype(jnp.float32)
 
 
-def kmeans(x: jax.Array, num_clusters: int, iters: int, key: jax.Array
-           ) -> tuple[jax.Array, jax.Array]:
+def kmeans(
+    x: jax.Array, num_clusters: int, iters: int, key: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     """Lloyd's k-means on x[N, D]: centroids start at random rows of x (with replacement when
     N < K); a cluster that loses all its points keeps its old centroid. Returns (centroids[K, D],
     counts[K])."""

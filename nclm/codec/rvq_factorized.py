@@ -36,7 +36,7 @@ class FactorizedResidualVQ(nn.Module):
             self.cfg.codebook_dim,
             self.latent_dim,
         )
-        init = initializers.fan_in((1,))
+        init = initializers.torch_default((1,))  # DAC: weight-normed 1x1 convs
         axes = ("levels", "embed", None)
         self.in_v = self.param("in_v", nn.with_logical_partitioning(init, axes), (q, big, d))
         self.in_g = self.param(
@@ -66,7 +66,7 @@ class FactorizedResidualVQ(nn.Module):
         )
         self.codebook = self.param(
             "codebook",
-            nn.with_logical_partitioning(initializers.normal(0.02), ("levels", None, None)),
+            nn.with_logical_partitioning(initializers.normal(1.0), ("levels", None, None)),
             (q, v, d),
         )
 

@@ -9,10 +9,23 @@ from nclm.codec.config import SEANetConfig
 from nclm.nn import Conv1d, ConvTranspose1d, ResidualLSTM
 
 
-def _conv(cfg: SEANetConfig, features: int, kernel: int, stride: int = 1, dilation: int = 1,
-          name: str | None = None) -> Conv1d:
-    return Conv1d(features, kernel, stride, dilation,
-                  padding="causal" if cfg.causal else "centered", pad_mode=cfg.pad_mode, name=name)
+def _conv(
+    cfg: SEANetConfig,
+    features: int,
+    kernel: int,
+    stride: int = 1,
+    dilation: int = 1,
+    name: str | None = None,
+) -> Conv1d:
+    return Conv1d(
+        features,
+        kernel,
+        stride,
+        dilation,
+        padding="causal" if cfg.causal else "centered",
+        pad_mode=cfg.pad_mode,
+        name=name,
+    )
 
 
 class SEANetResidualUnit(nn.Module):
@@ -24,8 +37,13 @@ class SEANetResidualUnit(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         dim = x.shape[-1]
-        y = _conv(self.cfg, dim // self.cfg.compress, self.cfg.residual_kernel_size,
-                  dilation=self.dilation, name="conv_0")(nn.elu(x))
+        y = _conv(
+            self.cfg,
+            dim // self.cfg.compress,
+            self.cfg.residual_kernel_size,
+            dilation=self.dilation,
+            name="conv_0",
+        )(nn.elu(x))
         y = _conv(self.cfg, dim, 1, name="conv_1")(nn.elu(y))
         skip = _conv(self.cfg, dim, 1, name="shortcut")(x) if self.cfg.conv_shortcut else x
         return skip + y
@@ -61,9 +79,13 @@ class SEANetDecoder(nn.Module):
             x = ResidualLSTM(cfg.lstm_layers, name="lstm")(x)
         for i, stride in enumerate(reversed(cfg.strides)):
             width //= 2
-            x = ConvTranspose1d(width, 2 * stride, stride,
-                                trim="causal" if cfg.causal else "centered",
-                                name=f"block_{i}_up")(nn.elu(x))
+            x = ConvTranspose1d(
+                width,
+                2 * stride,
+                stride,
+                trim="causal" if cfg.causal else "centered",
+                name=f"block_{i}_up",
+            )(nn.elu(x))
             for j in range(cfg.num_residual_layers):
                 x = SEANetResidualUnit(cfg, cfg.dilation_base**j, name=f"block_{i}_res_{j}")(x)
         return _conv(cfg, 1, cfg.last_kernel_size, name="head")(nn.elu(x))

@@ -34,7 +34,7 @@ class VocosDecoder(nn.Module):
         if conditions:
             used = self.num_levels if levels_used is None else levels_used
             cond_id = jnp.broadcast_to(jnp.asarray(used, jnp.int32) - 1, (z.shape[0],))
-        x = Conv1d(cfg.dim, 7, padding=3, weight_norm=False, name="embed")(z)
+        x = Conv1d(cfg.dim, 7, padding=3, weight_norm=False, init_std=0.02, name="embed")(z)
         x = layer_norm(x, cond_id, conditions, "norm")
         for i in range(cfg.num_layers):
             x = ConvNeXtBlock(cfg.hidden, 1.0 / cfg.num_layers, conditions, name=f"block_{i}")(
@@ -42,7 +42,7 @@ class VocosDecoder(nn.Module):
             )
         x = nn.LayerNorm(epsilon=1e-6, name="final_norm")(x)
         return istft_head(
-            nn.Dense(n_fft + 2, kernel_init=initializers.fan_in((0,)), name="head")(x),
+            nn.Dense(n_fft + 2, kernel_init=initializers.truncated_normal(0.02), name="head")(x),
             n_fft,
             self.hop,
         )

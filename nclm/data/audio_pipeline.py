@@ -105,6 +105,8 @@ class _CropReader:
             if counts[0] < self.epoch_size:
                 return
             del self._epochs[epoch]
+        if not counts[1]:
+            return
         verb = "skipped" if self.short == "skip" else "zero-padded"
         logger.info(
             "%s: epoch %d: %d of %d clips shorter than %d samples were %s",

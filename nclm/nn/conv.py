@@ -108,11 +108,22 @@ def weight_normed(v: jax.Array, g: jax.Array, axes: Sequence[int]) -> jax.Array:
     return v * (jnp.expand_dims(g, tuple(axes)) / norm)
 
 
-def _kernel(module: nn.Module, shape: tuple[int, int, int], weight_norm: bool, norm_axis: int):
+def _kernel(
+    module: nn.Module,
+    shape: tuple[int, int, int],
+    weight_norm: bool,
+    norm_axis: int,
+    fan_in_axes: tuple[int, ...],
+    init_std: float | None,
+):
     """Creates the kernel [K, C_in, C_out]; with weight norm, as direction `weight_v` and
-    per-channel
-    magnitude `weight_g` (over `norm_axis`), initialised so that w = v at step 0."""
-    init = initializers.fan_in((0, 1))
+    per-channel magnitude `weight_g` (over `norm_axis`), initialised so that w = v at step 0.
+    Initialised as PyTorch does by default (fan in over `fan_in_axes`), or truncated normal with
+    `init_std`."""
+    if init_std is None:
+        init = initializers.torch_default(fan_in_axes)
+    else:
+        init = initializers.truncated_normal(init_std)
     if not weight_norm:
         return module.param("kernel", nn.with_logical_partitioning(init, CONV_AXES), shape)
     v = module.param("weight_v", nn.with_logical_partitioning(init, CONV_AXES), shape)
@@ -138,6 +149,7 @@ class Conv1d(nn.Module):
     padding: Padding = 0
     pad_mode: str = "constant"
     weight_norm: bool = True
+    init_std: float | None = None  # None: PyTorch's default init; else truncated normal
     use_bias: bool = True
     dtype: jnp.dtype | None = None
 
@@ -152,7 +164,12 @@ class Conv1d(nn.Module):
         left, right = conv_padding(x.shape[1], k, self.stride, self.padding)
         x = pad_time(x, left, right, self.pad_mode)
         kernel = _kernel(
-            self, (self.kernel_size, in_features // self.groups, self.features), self.weight_norm, 2
+            self,
+            (self.kernel_size, in_features // self.groups, self.features),
+            self.weight_norm,
+            2,
+            (0, 1),
+            self.init_std,
         )
         dtype = self.dtype or x.dtype
         y = jax.lax.conv_general_dilated(
@@ -194,7 +211,8 @@ class ConvTranspose1d(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, C_in] -> [B, T', features]
         batch, length, in_features = x.shape
         s, k = self.stride, self.kernel_size
-        kernel = _kernel(self, (k, in_features, self.features), self.weight_norm, 1)
+        # torch's fan in for a transposed conv is C_out * K (its weight is [C_in, C_out, K])
+        kernel = _kernel(self, (k, in_features, self.features), self.weight_norm, 1, (0, 2), None)
         dtype = self.dtype or x.dtype
         blocks = -(-k // s)  # each input frame writes `blocks` stride-sized blocks of output
         kernel = jnp.pad(kernel, ((0, blocks * s - k), (0, 0), (0, 0))).astype(dtype)

@@ -99,7 +99,7 @@ class Conv2d(nn.Module):
     def _kernel(self, shape: tuple[int, int, int, int]) -> jax.Array:
         """The kernel [kt, kf, C_in/groups, C_out]; with weight norm, direction `weight_v` and
         per-output-channel magnitude `weight_g`, initialised so that w = v at step 0."""
-        init = initializers.fan_in((0, 1, 2))
+        init = initializers.torch_default((0, 1, 2))
         if not self.weight_norm:
             return self.param("kernel", nn.with_logical_partitioning(init, CONV2D_AXES), shape)
         v = self.param("weight_v", nn.with_logical_partitioning(init, CONV2D_AXES), shape)

@@ -59,12 +59,15 @@ class ConvNeXtBlock(nn.Module):
             groups=dim,
             padding=self.kernel_size // 2,
             weight_norm=False,
+            init_std=0.02,  # Vocos: trunc_normal(0.02) for every conv and linear layer
             name="dwconv",
         )(x)
         y = layer_norm(y, cond_id, self.num_conditions, "norm")
-        y = nn.Dense(self.hidden, kernel_init=initializers.fan_in((0,)), name="pwconv1")(y)
+        y = nn.Dense(self.hidden, kernel_init=initializers.truncated_normal(0.02), name="pwconv1")(
+            y
+        )
         y = jax.nn.gelu(y, approximate=False)
-        y = nn.Dense(dim, kernel_init=initializers.fan_in((0,)), name="pwconv2")(y)
+        y = nn.Dense(dim, kernel_init=initializers.truncated_normal(0.02), name="pwconv2")(y)
         gamma = self.param(
             "gamma",
             nn.with_logical_partitioning(nn.initializers.constant(self.layer_scale), ("embed",)),

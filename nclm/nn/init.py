@@ -53,6 +53,28 @@ def fan_in(in_axes: tuple[int, ...]):
     return init
 
 
+def torch_default(in_axes: tuple[int, ...]):
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in = prod(shape[in_axes]): PyTorch's default for
+    Conv/Linear weights (kaiming_uniform with a = sqrt(5)), which the published EnCodec, DAC and
+    HiFi-GAN models train from (DAC's own trunc-normal init does not reach its weight-normed
+    convs). Its variance is a third of `fan_in`'s, which matters through a deep conv stack."""
+
+    def init(key, shape, dtype=jnp.float32):
+        n = int(np.prod([shape[a] for a in in_axes]))
+        return (_host_draw(key, tuple(shape), "uniform") / np.sqrt(n)).astype(dtype)
+
+    return init
+
+
+def truncated_normal(std: float):
+    """N(0, std^2) truncated to +-2 std (Vocos's and ViT-style init), variance kept."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return (std / _TRUNC_STD * _host_draw(key, tuple(shape), "truncated_normal")).astype(dtype)
+
+    return init
+
+
 def normal(std: float):
     def init(key, shape, dtype=jnp.float32):
         return (std * _host_draw(key, tuple(shape), "normal")).astype(dtype)

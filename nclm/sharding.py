@@ -1,0 +1,163 @@
+"""Sharding as data: mesh construction, logical axis names and the rules table.
+
+Parameters carry logical axis names (`embed`, `mlp`, `heads`, `kv`, `vocab`, `layers`, `levels`,
+`conv_in`, `conv_out`); activations use `batch` and friends. One rules table (in the config) maps
+each logical name to mesh axes among `data`, `fsdp`, `tensor`. A dimension whose size the mapped
+mesh axes do not divide is replicated instead (a 1-channel output conv never blocks fsdp).
+
+    mesh = make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    shardings = tree_shardings(logical_specs, abstract_params, mesh, rules)
+    params = jax.device_put(params, shardings)
+
+Multi-host: call `initialize_distributed()` first on every host; `jax.devices()` then spans all
+hosts, and each host feeds its own slice of the batch (see `host_batch_slice`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical name -> mesh axes (a tuple shards one dimension over several axes)
+DEFAULT_RULES: tuple[tuple[str, tuple[str, ...] | str | None], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("vocab", "tensor"),
+    ("layers", None),
+    ("levels", None),
+    ("conv_in", None),
+    ("conv_out", "fsdp"),
+    ("length", None),
+)
+
+
+def initialize_distributed() -> None:
+    """Starts multi-host JAX when launched on several hosts (TPU pods, SLURM); no-op on one host."""
+    multi = any(
+        os.environ.get(k)
+        for k in (
+            "JAX_COORDINATOR_ADDRESS",
+            "SLURM_NTASKS",
+            "TPU_WORKER_HOSTNAMES",
+            "MEGASCALE_COORDINATOR_ADDRESS",
+        )
+    )
+    if multi and int(os.environ.get("SLURM_NTASKS", "2")) > 1:
+        jax.distributed.initialize()
+
+
+def make_mesh(shape: dict[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh over `devices` (all by default) with axes data/fsdp/tensor; one size may be -1."""
+    unknown = set(shape) - set(MESH_AXES)
+    if unknown:
+        raise ValueError(f"mesh axes must be among {MESH_AXES}, got {sorted(unknown)}")
+    devices = list(devices if devices is not None else jax.devices())
+    sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
+    if sizes.count(-1) > 1:
+        raise ValueError(f"mesh shape {shape}: at most one axis may be -1")
+    if -1 in sizes:
+        known = math.prod(s for s in sizes if s != -1)
+        if len(devices) % known:
+            raise ValueError(f"mesh shape {shape} does not divide {len(devices)} devices")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if math.prod(sizes) != len(devices):
+        raise ValueError(
+            f"mesh shape {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} "
+            f"devices, have {len(devices)}"
+        )
+    return Mesh(np.array(devices).reshape(sizes), MESH_AXES)
+
+
+def _rules_dict(rules) -> dict:
+    return {name: axes for name, axes in rules}
+
+
+def logical_to_spec(
+    logical: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh, rules=DEFAULT_RULES
+) -> PartitionSpec:
+    """A PartitionSpec for an array of `shape` whose dimensions have logical names `logical`.
+    Mesh axes of size 1, axes already used by an earlier dimension, and axes that do not divide
+    the dimension are dropped."""
+    if logical is None:
+        return PartitionSpec()
+    table, used, spec = _rules_dict(rules), set(), []
+    for name, size in zip(logical, shape):
+        axes = table.get(name) if name is not None else None
+        axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        kept = []
+        for axis in axes:
+            n = mesh.shape[axis]
+            if (
+                n > 1
+                and axis not in used
+                and size % (math.prod(mesh.shape[a] for a in kept) * n) == 0
+            ):
+                kept.append(axis)
+        used.update(kept)
+        spec.append(tuple(kept) if len(kept) > 1 else (kept[0] if kept else None))
+    return PartitionSpec(*spec)
+
+
+def tree_shardings(logical_specs, abstract_tree, mesh: Mesh, rules=DEFAULT_RULES):
+    """NamedShardings for `abstract_tree` (arrays or ShapeDtypeStructs) from a matching tree of
+    logical PartitionSpecs (as `flax.linen.get_partition_spec` returns). Leaves of the abstract
+    tree without a logical spec are replicated."""
+
+    def one(spec, leaf):
+        logical = tuple(spec) if isinstance(spec, PartitionSpec) else None
+        if logical is not None and len(logical) < len(leaf.shape):
+            logical = logical + (None,) * (len(leaf.shape) - len(logical))
+        return NamedSharding(mesh, logical_to_spec(logical, leaf.shape, mesh, rules))
+
+    return jax.tree_util.tree_map(
+        one,
+        logical_specs,
+        abstract_tree,
+        is_leaf=lambda x: isinstance(x, PartitionSpec) or x is None,
+    )
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh, ndim: int, rules=DEFAULT_RULES) -> NamedSharding:
+    """Batch-major arrays: the leading dimension over the batch axes, the rest replicated."""
+    axes = _rules_dict(rules).get("batch")
+    axes = (axes,) if isinstance(axes, str) else tuple(a for a in (axes or ()) if mesh.shape[a] > 1)
+    lead = axes if len(axes) > 1 else (axes[0] if axes else None)
+    return NamedSharding(mesh, PartitionSpec(lead, *([None] * (ndim - 1))))
+
+
+def batch_shards(mesh: Mesh, rules=DEFAULT_RULES) -> int:
+    """How many ways the batch dimension is split (the product of the batch axes' sizes)."""
+    spec = batch_sharding(mesh, 1, rules).spec[0]
+    axes = (spec,) if isinstance(spec, str) else tuple(spec or ())
+    return math.prod(mesh.shape[a] for a in axes)
+
+
+def host_batch_slice(global_batch: int) -> tuple[int, int]:
+    """The (start, size) of this host's rows of a global batch (each host feeds its own data)."""
+    count, index = jax.process_count(), jax.process_index()
+    if global_batch % count:
+        raise ValueError(f"global batch {global_batch} is not divisible by {count} hosts")
+    size = global_batch // count
+    return index * size, size
+
+
+def global_batch_array(local: np.ndarray, mesh: Mesh, rules=DEFAULT_RULES) -> jax.Array:
+    """Assembles each host's local rows into one global array sharded over the batch axes."""
+    sharding = batch_sharding(mesh, local.ndim, rules)
+    if jax.process_count() == 1:
+        return jax.device_put(local, sharding)
+    return jax.make_array_from_process_local_data(sharding, local)

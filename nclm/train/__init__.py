@@ -1,0 +1,1 @@
+"""Train states, optimizers, jitted steps, the loop, checkpoints and metrics."""

@@ -1,0 +1,387 @@
+"""Codec training, as one linear function: run dir, mesh, data, model, shardings, restore, loop.
+
+    nclm train --config configs/codec/dac_16khz.py --workdir runs/dac16
+
+Restarting the same command resumes from the latest checkpoint (train state, optimizer, EMA
+codebooks, discriminator, step and data iterator position), and a resumed run reproduces the
+uninterrupted run's losses exactly. SIGTERM/Ctrl-C save a checkpoint before exiting.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from nclm.audio.io import load_audio, save_audio
+from nclm.codec.checkpoint import save_codec
+from nclm.codec.discriminators import DiscriminatorConfig, Discriminators
+from nclm.codec.experiment import codec_config_from
+from nclm.codec.model import Codec
+from nclm.codec.rvq_ema import kmeans_init
+from nclm.config import ConfigError, save_config, to_dict
+from nclm.data.audio_pipeline import make_iterator
+from nclm.data.manifest import read_manifest, resolve_audio
+from nclm.sharding import (
+    batch_sharding,
+    batch_shards,
+    global_batch_array,
+    host_batch_slice,
+    initialize_distributed,
+    make_mesh,
+    replicated,
+    tree_shardings,
+)
+from nclm.train.checkpoint import RunCheckpointer, abstract_with_shardings
+from nclm.train.codec_step import (
+    CodecTrainState,
+    init_train_state,
+    make_codec_eval_step,
+    make_codec_train_step,
+)
+from nclm.train.metrics import MetricWriter, read_metrics
+from nclm.train.optim import make_optimizer
+
+log = logging.getLogger("nclm.train")
+
+
+def _check_workdir(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
+    """A workdir holds one run: resuming with a different config is refused."""
+    saved = workdir / "config.json"
+    if saved.is_file():
+        before = json.loads(saved.read_text())
+        now = json.loads(json.dumps(to_dict(cfg), sort_keys=True))
+        if before != now:
+            diff = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+            raise ConfigError(
+                f"{workdir} holds a run with another config (differs in {diff}); "
+                f"resume with --config {saved} or use a new --workdir"
+            )
+
+
+def _write_run_info(workdir: Path) -> None:
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        rev = ""
+    import flax
+    import optax
+
+    info = {
+        "command": sys.argv,
+        "git_revision": rev,
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "devices": [str(d) for d in jax.devices()],
+        "process_count": jax.process_count(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    with (workdir / "runs.jsonl").open("a") as f:
+        f.write(json.dumps(info) + "\n")
+
+
+def _segment_samples(cfg, codec_cfg) -> int:
+    """Crop length rounded up to whole frames, so every crop is an exact number of codec frames."""
+    hop = codec_cfg.hop_length
+    return max(1, math.ceil(cfg.data.segment_seconds * codec_cfg.sample_rate / hop)) * hop
+
+
+def _eval_batch(manifest: str, count: int, samples: int, sample_rate: int) -> dict:
+    """The first `count` clips of the validation manifest, center-cropped or zero-padded."""
+    records = read_manifest(manifest)[:count]
+    wav = np.zeros((len(records), samples), np.float32)
+    mask = np.zeros_like(wav)
+    for i, rec in enumerate(records):
+        x = load_audio(resolve_audio(manifest, rec), sample_rate)
+        start = max(0, (len(x) - samples) // 2)
+        x = x[start : start + samples]
+        wav[i, : len(x)], mask[i, : len(x)] = x, 1.0
+    return {"wav": wav, "mask": mask}
+
+
+def train_codec(
+    cfg: ml_collections.ConfigDict,
+    workdir: str | os.PathLike,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Trains (or resumes) the codec run in `workdir`. `stop_after` ends the call after that many
+    steps of this call with a checkpoint (used to test resumption). Returns the last metrics."""
+    # ---- run directory -------------------------------------------------------------------------
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    codec_cfg = codec_config_from(cfg)
+    DiscriminatorConfig.from_dict(cfg.discriminator.to_dict())  # fails early on a bad section
+    _check_workdir(cfg, workdir)
+    initialize_distributed()
+    if jax.process_index() == 0:
+        save_config(cfg, workdir / "config.json")
+        _write_run_info(workdir)
+
+    # ---- mesh ----------------------------------------------------------------------------------
+    mesh = make_mesh(dict(cfg.mesh))
+    rules = tuple(tuple(r) for r in cfg.sharding_rules)
+
+    # ---- data ----------------------------------------------------------------------------------
+    if not cfg.data.train:
+        raise ConfigError("--config.data.train: no training manifest given")
+    segment = _segment_samples(cfg, codec_cfg)
+    batch_size = cfg.data.batch_size
+    shards = batch_shards(mesh, rules)
+    if batch_size % shards:
+        raise ConfigError(
+            f"--config.data.batch_size={batch_size} must be a multiple of the "
+            f"{shards} batch shards of the mesh {dict(mesh.shape)} (--config.mesh)"
+        )
+    _, local_batch = host_batch_slice(batch_size)
+
+    def iterator(seed):
+        return make_iterator(
+            cfg.data.train,
+            sample_rate=codec_cfg.sample_rate,
+            segment_samples=segment,
+            batch_size=local_batch,
+            seed=seed,
+            shard_index=jax.process_index(),
+            shard_count=jax.process_count(),
+            short=cfg.data.short,
+        )
+
+    train_iter = iterator(cfg.seed)
+    eval_batch = (
+        _eval_batch(cfg.data.valid, cfg.data.eval_items, 2 * segment, codec_cfg.sample_rate)
+        if cfg.data.valid
+        else None
+    )
+
+    # ---- model, optimizers, shardings ---------------------------------------------------------
+    trainer = build_codec_trainer(cfg, mesh, segment, local_batch)
+    state_sh, abstract = trainer.state_shardings, trainer.abstract_state
+    codec = trainer.codec
+
+    # ---- restore or initialise -----------------------------------------------------------------
+    ckpt = RunCheckpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
+    writer = MetricWriter(workdir)
+    start = ckpt.latest_step()
+    if start is not None:
+        state, data_state = ckpt.restore(start, abstract_with_shardings(abstract, state_sh))
+        if data_state is not None:
+            train_iter.set_state(data_state)
+        _truncate_metrics(writer.path, start)
+        log.info("resumed from step %d", start)
+    else:
+        start = 0
+        state = trainer.init(jax.random.PRNGKey(cfg.seed))
+        if codec_cfg.quantizer.kind == "ema" and cfg.train.kmeans_init:
+            state = _kmeans_init(
+                state, codec, codec_cfg, next(iterator(cfg.seed + 1)), cfg.seed, state_sh
+            )
+
+    # ---- loop ----------------------------------------------------------------------------------
+    step_key = jax.random.PRNGKey(cfg.seed + 2)
+    steps = cfg.train.steps
+    end = steps if stop_after is None else min(steps, start + stop_after)
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signum
+
+    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    last = {}
+    bar = tqdm(
+        total=steps,
+        initial=start,
+        disable=not progress or jax.process_index() != 0,
+        desc=f"train {codec_cfg.name}",
+        dynamic_ncols=True,
+    )
+    step = start
+    timer = {"start": time.perf_counter(), "step": start}
+    try:
+        while step < end and stop["signal"] is None:
+            local = next(train_iter)
+            batch = {
+                k: global_batch_array(np.asarray(local[k], np.float32), mesh, rules)
+                for k in ("wav", "mask")
+            }
+            state, metrics = trainer.step(state, batch, step_key)
+            step += 1
+            bar.update(1)
+            if step % cfg.train.log_every == 0 or step == end:
+                metrics = jax.device_get(metrics)  # waits for the step
+                # Throughput since the last log (the first window includes compilation), under
+                # perf/: the only values that differ between a resumed and an uninterrupted run.
+                seconds, steps_done = time.perf_counter() - timer["start"], step - timer["step"]
+                metrics["perf/step_seconds"] = seconds / steps_done
+                metrics["perf/audio_seconds_per_second"] = (
+                    steps_done * batch_size * segment / codec_cfg.sample_rate / seconds
+                )
+                last = writer.scalars(step, metrics)
+                timer.update(start=time.perf_counter(), step=step)
+                bar.set_postfix(mel=f"{last['loss/mel']:.3f}", disc=f"{last['loss/disc']:.3f}")
+                if last["nonfinite"]:
+                    log.warning("step %d: non-finite loss or gradient; the step was skipped", step)
+            if eval_batch is not None and (step % cfg.train.eval_every == 0 or step == steps):
+                _evaluate(
+                    trainer.eval,
+                    state,
+                    eval_batch,
+                    writer,
+                    step,
+                    codec_cfg.sample_rate,
+                    cfg.train.num_audio_samples,
+                )
+            if step % cfg.train.checkpoint_every == 0 or step == end:
+                ckpt.save(step, state, train_iter.get_state(), force=True)
+            if timer["step"] == step:  # evaluation and checkpoints are not training time
+                timer["start"] = time.perf_counter()
+        if stop["signal"] is not None and step > start:
+            log.warning(
+                "signal %s: saving a checkpoint at step %d before exiting", stop["signal"], step
+            )
+            ckpt.save(step, state, train_iter.get_state(), force=True)
+    finally:
+        bar.close()
+        ckpt.close()
+        writer.close()
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+
+    # ---- export --------------------------------------------------------------------------------
+    if step >= steps and jax.process_index() == 0:
+        variables = {"params": state.params}
+        if state.codebooks:
+            variables["codebooks"] = state.codebooks
+        save_codec(
+            workdir / "codec",
+            codec_cfg,
+            jax.device_get(variables),
+            extra={"trained_steps": int(step), "workdir": str(workdir.absolute())},
+        )
+    if stop["signal"] is not None:
+        raise KeyboardInterrupt(f"stopped by signal {stop['signal']} at step {step}")
+    return last
+
+
+class CodecTrainer(NamedTuple):
+    codec: Codec
+    init: Callable  # key -> state, placed on the mesh
+    step: Callable  # (state, batch, key) -> (state, metrics), jitted with shardings
+    eval: Callable  # (state, batch) -> (metrics, decoded)
+    state_shardings: Any
+    abstract_state: Any
+
+
+def build_codec_trainer(
+    cfg: ml_collections.ConfigDict, mesh, segment: int, local_batch: int
+) -> CodecTrainer:
+    """The jitted init/train/eval functions of a codec experiment on `mesh`."""
+    codec_cfg = codec_config_from(cfg)
+    disc_cfg = DiscriminatorConfig.from_dict(cfg.discriminator.to_dict())
+    rules = tuple(tuple(r) for r in cfg.sharding_rules)
+    codec, disc = Codec(codec_cfg), Discriminators(disc_cfg)
+    o = cfg.optim
+    tx_g = make_optimizer(o.lr, o.b1, o.b2, o.weight_decay, o.decay_rate, o.clip_norm)
+    tx_d = make_optimizer(o.disc_lr, o.b1, o.b2, o.weight_decay, o.decay_rate, o.clip_norm)
+    losses_cfg = cfg.losses.to_dict()
+    dummy = jnp.zeros((1, segment), jnp.float32)
+
+    def init_state(key):
+        k_codec, k_books, k_disc = jax.random.split(key, 3)
+        variables = codec.init({"params": k_codec, "codebooks": k_books}, dummy)
+        disc_params = disc.init(k_disc, dummy)["params"]
+        return init_train_state(variables, disc_params, tx_g, tx_d, losses_cfg)
+
+    boxed = jax.eval_shape(init_state, jax.random.PRNGKey(0))
+    abstract = nn.meta.unbox(boxed)
+    state_sh = tree_shardings(nn.get_partition_spec(boxed), abstract, mesh, rules)
+    batch_sh = {k: batch_sharding(mesh, 2, rules) for k in ("wav", "mask")}
+    init = jax.jit(lambda k: nn.meta.unbox(init_state(k)), out_shardings=state_sh)
+    step = jax.jit(
+        make_codec_train_step(codec_cfg, disc_cfg, losses_cfg, tx_g, tx_d),
+        in_shardings=(state_sh, batch_sh, replicated(mesh)),
+        out_shardings=(state_sh, replicated(mesh)),
+        donate_argnums=0,
+    )
+    return CodecTrainer(
+        codec, init, step, jax.jit(make_codec_eval_step(codec_cfg)), state_sh, abstract
+    )
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drops log lines past the restored step (written before a crash), so the log stays one
+    consistent history."""
+    rows = read_metrics(path)
+    if rows and rows[-1]["step"] > step and jax.process_index() == 0:
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step))
+
+
+def _kmeans_init(
+    state: CodecTrainState, codec: Codec, codec_cfg, local: dict, seed: int, state_sh
+) -> CodecTrainState:
+    """EMA codebooks from k-means on the encoder's latents of one batch (EnCodec's init)."""
+    wav = jnp.asarray(local["wav"], jnp.float32)
+    latents = codec.apply(
+        {"params": state.params, "codebooks": state.codebooks}, wav, method="encode_latent"
+    )
+    frames = latents.reshape(-1, latents.shape[-1])
+    books = jax.jit(kmeans_init, static_argnums=1)(
+        frames, codec_cfg.quantizer, jax.random.PRNGKey(seed + 3)
+    )
+    state = state.replace(codebooks={"quantizer": books})
+    return jax.device_put(state, state_sh)
+
+
+def _evaluate(
+    eval_fn, state, batch, writer: MetricWriter, step: int, sample_rate: int, num_audio: int
+) -> None:
+    metrics, x_hat = eval_fn(state, {k: jnp.asarray(v) for k, v in batch.items()})
+    writer.scalars(step, metrics, prefix="valid/")
+    x_hat = np.asarray(jax.device_get(x_hat))
+    for i in range(min(num_audio, len(x_hat))):
+        writer.audio(step, f"valid/decoded_{i}", x_hat[i], sample_rate)
+        if step == 0 or not getattr(writer, "_sent_refs", False):
+            writer.audio(step, f"valid/reference_{i}", batch["wav"][i], sample_rate)
+    writer._sent_refs = True
+    writer.flush()
+
+
+def save_decoded_samples(codec_dir: Path, manifest: str, out_dir: Path, count: int) -> list[Path]:
+    """Decodes the first `count` clips of `manifest` with a saved codec into `out_dir`."""
+    from nclm.codec.interface import NeuralCodec
+
+    codec = NeuralCodec.load(codec_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for rec in read_manifest(manifest)[:count]:
+        x = load_audio(resolve_audio(manifest, rec), codec.sample_rate)
+        codes, frames = codec.encode(x[None])
+        y, _ = codec.decode(codes, frames)
+        path = out_dir / f"{Path(rec['audio']).stem}.wav"
+        save_audio(path, y[0, : len(x)], codec.sample_rate)
+        paths.append(path)
+    return paths

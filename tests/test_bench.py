@@ -1,0 +1,70 @@
+"""`nclm bench codec` runs end to end on a tiny setting. Speed lives in BENCHMARKS.md, not here."""
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from nclm.bench import codec as bench_codec
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _args(argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    bench_codec.add_arguments(parser)
+    return parser.parse_args(argv.split())
+
+
+def test_bench_codec_tiny(tmp_path, capsys):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    out = tmp_path / "bench.json"
+    args = _args(f"--model encodec_24khz --seconds 0.5 --batch 2 --repeats 1 --json {out}")
+    result = bench_codec.run(args)
+
+    rows = {(r["op"], r["batch"]): r for r in result["results"]}
+    assert set(rows) == {(op, b) for op in ("encode", "decode") for b in (1, 2)}
+    for r in rows.values():
+        assert r["nclm_xrt"] > 0 and r["torch_xrt"] > 0
+        assert r["ratio"] == pytest.approx(r["nclm_xrt"] / r["torch_xrt"])
+    assert rows["encode", 2]["audio_seconds"] == pytest.approx(1.0)
+    # same weights: the benchmark compares two implementations of one model
+    assert all(a == 1.0 for a in result["codes_agree"].values())
+    assert (result["config"]["levels"], result["config"]["kbps"]) == (8, 6.0)
+    assert json.loads(out.read_text())["command"] == result["command"]
+    printed = capsys.readouterr().out
+    assert "nclm/torch" in printed and result["command"] in printed
+
+
+def test_bench_codec_without_reference(monkeypatch, capsys):
+    """Missing torch/transformers: nclm alone, and one line saying so."""
+    monkeypatch.setattr(
+        bench_codec,
+        "_import_reference",
+        lambda: (None, "reference unavailable (test); timing nclm only."),
+    )
+    result = bench_codec.run(_args("--model encodec_24khz --seconds 0.2 --batch 1 --repeats 1"))
+    assert [r["torch_xrt"] for r in result["results"]] == [None, None]
+    assert all(r["nclm_xrt"] > 0 for r in result["results"])
+    assert capsys.readouterr().out.count("reference unavailable") == 1
+
+
+def test_bench_codec_train_runs_the_configs_step(tmp_path):
+    """The sharded tiny DAC step of tests/train (same shapes and mesh: a compile-cache hit)."""
+    from nclm.bench import codec_train as bench_train
+
+    parser = argparse.ArgumentParser()
+    bench_train.add_arguments(parser)
+    out = tmp_path / "train.json"
+    args = parser.parse_args(
+        ["--config", f"{CONFIGS}/codec/dac_16khz.py:tiny", "--steps", "2", "--json", str(out)]
+    )
+    overrides = ["--config.mesh.data=4", "--config.mesh.fsdp=2", "--config.data.batch_size=8"]
+    result = bench_train.run(args, overrides)
+    assert result["batch"] == 8 and result["crop_seconds"] == pytest.approx(0.4)
+    assert result["audio_seconds_per_second"] == pytest.approx(
+        8 * 0.4 / result["step_seconds_median"]
+    )
+    assert json.loads(out.read_text())["command"].endswith(" ".join(overrides))
