@@ -26,7 +26,7 @@ from nclm.codec.config import CodecConfig
 from nclm.codec.discriminators import DiscriminatorConfig, Discriminators
 from nclm.codec.model import Codec
 from nclm.codec.rvq_ema import ema_update
-from nclm.train.optim import all_finite, keep_if_finite
+from nclm.train.optim import all_finite, global_norm, keep_if_finite
 
 AUDIO_LOSSES = ("mel", "l1", "adv", "feat")  # the losses that depend on the decoded audio
 
@@ -187,8 +187,8 @@ def make_codec_train_step(
             **{f"loss/{k}": v for k, v in losses.items()},
             "loss/total": total,
             "loss/disc": d_loss,
-            "grad_norm/generator": optax.global_norm(grads),
-            "grad_norm/discriminator": optax.global_norm(d_grads),
+            "grad_norm/generator": global_norm(grads),
+            "grad_norm/discriminator": global_norm(d_grads),
             "nonfinite": 1.0 - finite.astype(jnp.float32),
             "levels_used": jnp.mean(out.quantizer.levels_used.astype(jnp.float32)),
             **{f"codebook/usage_{q}": u for q, u in enumerate(health["usage"])},

@@ -23,12 +23,21 @@ def make_optimizer(
     return optax.chain(*parts)
 
 
+def global_norm(tree) -> jax.Array:
+    """sqrt(sum of squares) over every leaf (optax.tree.norm where this optax has it; the older
+    optax.global_norm is deprecated in new releases and the only one in old ones)."""
+    tree_ns = getattr(optax, "tree", None)
+    if tree_ns is not None and hasattr(tree_ns, "norm"):
+        return tree_ns.norm(tree)
+    return optax.global_norm(tree)
+
+
 def all_finite(*trees) -> jax.Array:
     """True when every leaf of every tree is finite, as one scalar: the sum of the trees' global
     norms is finite exactly when no leaf holds NaN or Inf (or a norm overflows float32, which is
     as bad a step). One reduction per leaf feeding one scalar compiles far faster than a stack of
     per-leaf `isfinite` maps."""
-    total = sum(optax.global_norm(t) for t in trees)
+    total = sum(global_norm(t) for t in trees)
     return jnp.isfinite(total)
 
 
