@@ -112,8 +112,6 @@ def to_dict(cfg: ml_collections.ConfigDict) -> dict:
 
 def save_config(cfg: ml_collections.ConfigDict, path: str | os.PathLike) -> None:
     """Writes the resolved config as JSON, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    from nclm.atomic import write_atomic
+
+    write_atomic(path, json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")

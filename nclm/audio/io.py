@@ -10,16 +10,15 @@ an interrupted command never leaves a truncated file under the final name. Bad i
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import soundfile as sf
 import soxr
+
+from nclm.atomic import atomic_path
 
 # Extensions picked up when a command scans a directory for audio.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")
@@ -115,38 +114,15 @@ def save_audio(
         subtype = "PCM_16" if sf.check_format(fmt, "PCM_16") else sf.default_subtype(fmt)
         if path.suffix.lower() == ".opus":
             subtype = "OPUS"
-    with _atomic_path(path, path.suffix) as tmp:
+    with atomic_path(path, path.suffix) as tmp:
         sf.write(tmp, np.clip(wav, -1.0, 1.0), sample_rate, subtype=subtype, format=fmt)
 
 
 def save_npz_atomic(path: str | os.PathLike, **arrays) -> None:
     """np.savez, written to a temporary sibling and renamed into place."""
     # The temporary name ends in .npz: np.savez would append it otherwise and write elsewhere.
-    with _atomic_path(Path(path), ".npz") as tmp:
+    with atomic_path(Path(path), ".npz") as tmp:
         np.savez(tmp, **arrays)
-
-
-@contextlib.contextmanager
-def _atomic_path(path: Path, suffix: str) -> Iterator[str]:
-    """Yields a temporary file name beside `path`; renames it onto `path` if the body succeeds
-    and removes it otherwise."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _one_line(e: BaseException) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -28,16 +29,15 @@ def run(args: argparse.Namespace, overrides: list[str] = ()) -> dict:
     import jax
     import numpy as np
 
+    from nclm.codec.experiment import codec_config_from
     from nclm.config import load_config
     from nclm.sharding import batch_sharding, make_mesh
-    from nclm.train.codec_train import _segment_samples, build_codec_trainer
+    from nclm.train.codec_train import build_codec_trainer, segment_samples
 
     cfg = load_config(args.config, list(overrides))
-    from nclm.codec.experiment import codec_config_from
-
     codec_cfg = codec_config_from(cfg)
     mesh = make_mesh(dict(cfg.mesh))
-    segment = _segment_samples(cfg, codec_cfg)
+    segment = segment_samples(cfg, codec_cfg)
     batch_size = int(cfg.data.batch_size)
     rules = tuple(tuple(r) for r in cfg.sharding_rules)
     trainer = build_codec_trainer(cfg, mesh, segment, batch_size)
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace, overrides: list[str] = ()) -> dict:
         "devices": f"{len(jax.devices())} x {jax.devices()[0].device_kind}",
         "jax": jax.__version__,
         "python": platform.python_version(),
-        "cpu_count": __import__("os").cpu_count(),
+        "cpu_count": os.cpu_count(),
         "batch": batch_size,
         "crop_seconds": segment / codec_cfg.sample_rate,
         "compile_seconds": compile_seconds,

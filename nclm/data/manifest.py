@@ -11,17 +11,16 @@ a file soundfile cannot read is skipped and counted in one logged warning, never
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
+from nclm.atomic import write_atomic
 from nclm.audio.io import AUDIO_EXTENSIONS, AudioError, audio_info
 
 logger = logging.getLogger(__name__)
@@ -106,23 +105,7 @@ def write_manifest(path: str | os.PathLike, records: Iterable[dict]) -> None:
             raise ManifestError(f"{path}: record {i}: utt_id {record['utt_id']!r} repeats")
         seen.add(record["utt_id"])
         lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-    atomic_write_text(path, "".join(lines))
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Writes text to a temporary sibling of `path` and renames it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, "".join(lines))
 
 
 def resolve_audio(manifest_path: str | os.PathLike, record: dict) -> Path:

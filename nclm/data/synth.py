@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from nclm.atomic import write_atomic
 from nclm.audio.io import AudioError, load_audio, save_audio
-from nclm.data.manifest import SPLITS, atomic_write_text, write_manifest
+from nclm.data.manifest import SPLITS, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -292,7 +293,7 @@ def synth_corpus(
         raise SynthError(f"{out_dir}: every utterance failed; first: {failures[0]}")
     for name in SPLITS:
         write_manifest(out_dir / f"{name}.jsonl", manifests[name])
-    atomic_write_text(out_dir / "speakers.json", json.dumps(table, indent=1) + "\n")
+    write_atomic(out_dir / "speakers.json", json.dumps(table, indent=1) + "\n")
     return {
         "out_dir": str(out_dir),
         "utterances": {name: len(manifests[name]) for name in SPLITS},

@@ -26,12 +26,10 @@ null in the JSON, the reason is in that item's `warnings`, and it is left out of
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,6 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
+from nclm.atomic import write_atomic
 from nclm.audio.io import AudioError, audio_info, load_audio
 from nclm.data.manifest import read_manifest_lines, resolve_audio
 
@@ -209,8 +208,8 @@ def evaluate_codec(
     }
     if out_dir is not None:
         out = Path(out_dir)
-        _write_atomic(out / "metrics.json", (json.dumps(report, indent=2, allow_nan=False) + "\n"))
-        _write_atomic(out / "codebook_usage.png", plot_usage(usage, codec.codec_id))
+        write_atomic(out / "metrics.json", (json.dumps(report, indent=2, allow_nan=False) + "\n"))
+        write_atomic(out / "codebook_usage.png", plot_usage(usage, codec.codec_id))
     return report
 
 
@@ -324,18 +323,3 @@ def plot_usage(usage: CodebookUsage, title: str) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     return buf.getvalue()
-
-
-def _write_atomic(path: Path, data: str | bytes) -> None:
-    """Writes to a temporary sibling and renames it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

@@ -108,15 +108,16 @@ def weight_normed(v: jax.Array, g: jax.Array, axes: Sequence[int]) -> jax.Array:
     return v * (jnp.expand_dims(g, tuple(axes)) / norm)
 
 
-def _kernel(
+def conv_kernel(
     module: nn.Module,
-    shape: tuple[int, int, int],
+    shape: tuple[int, ...],
+    logical_axes: tuple[str | None, ...],
     weight_norm: bool,
     norm_axis: int,
     fan_in_axes: tuple[int, ...],
-    init_std: float | None,
-):
-    """Creates the kernel [K, C_in, C_out]; with weight norm, as direction `weight_v` and
+    init_std: float | None = None,
+) -> jax.Array:
+    """Creates a conv kernel of `shape` (any rank); with weight norm, as direction `weight_v` and
     per-channel magnitude `weight_g` (over `norm_axis`), initialised so that w = v at step 0.
     Initialised as PyTorch does by default (fan in over `fan_in_axes`), or truncated normal with
     `init_std`."""
@@ -125,16 +126,16 @@ def _kernel(
     else:
         init = initializers.truncated_normal(init_std)
     if not weight_norm:
-        return module.param("kernel", nn.with_logical_partitioning(init, CONV_AXES), shape)
-    v = module.param("weight_v", nn.with_logical_partitioning(init, CONV_AXES), shape)
-    axes = tuple(a for a in range(3) if a != norm_axis)
+        return module.param("kernel", nn.with_logical_partitioning(init, logical_axes), shape)
+    v = module.param("weight_v", nn.with_logical_partitioning(init, logical_axes), shape)
+    axes = tuple(a for a in range(len(shape)) if a != norm_axis)
 
     def g_init(key, _shape):
         return jnp.sqrt(jnp.sum(jnp.square(nn.meta.unbox(v)), axis=axes))
 
     g = module.param(
         "weight_g",
-        nn.with_logical_partitioning(g_init, (CONV_AXES[norm_axis],)),
+        nn.with_logical_partitioning(g_init, (logical_axes[norm_axis],)),
         (shape[norm_axis],),
     )
     return weight_normed(v, g, axes)
@@ -163,9 +164,10 @@ class Conv1d(nn.Module):
         k = effective_kernel(self.kernel_size, self.dilation)
         left, right = conv_padding(x.shape[1], k, self.stride, self.padding)
         x = pad_time(x, left, right, self.pad_mode)
-        kernel = _kernel(
+        kernel = conv_kernel(
             self,
             (self.kernel_size, in_features // self.groups, self.features),
+            CONV_AXES,
             self.weight_norm,
             2,
             (0, 1),
@@ -212,7 +214,9 @@ class ConvTranspose1d(nn.Module):
         batch, length, in_features = x.shape
         s, k = self.stride, self.kernel_size
         # torch's fan in for a transposed conv is C_out * K (its weight is [C_in, C_out, K])
-        kernel = _kernel(self, (k, in_features, self.features), self.weight_norm, 1, (0, 2), None)
+        kernel = conv_kernel(
+            self, (k, in_features, self.features), CONV_AXES, self.weight_norm, 1, (0, 2)
+        )
         dtype = self.dtype or x.dtype
         blocks = -(-k // s)  # each input frame writes `blocks` stride-sized blocks of output
         kernel = jnp.pad(kernel, ((0, blocks * s - k), (0, 0), (0, 0))).astype(dtype)

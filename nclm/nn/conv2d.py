@@ -15,8 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from nclm.nn import init as initializers
-from nclm.nn.conv import weight_normed
+from nclm.nn.conv import conv_kernel
 
 CONV2D_AXES = (None, None, "conv_in", "conv_out")
 
@@ -76,7 +75,8 @@ class Conv2d(nn.Module):
             )
         kt, kf = _pair(self.kernel_size)
         shape = (kt, kf, in_features // self.groups, self.features)
-        kernel = self._kernel(shape)
+        # [kt, kf, C_in/groups, C_out], weight norm per output channel (PyTorch's dim=0)
+        kernel = conv_kernel(self, shape, CONV2D_AXES, self.weight_norm, 3, (0, 1, 2))
         dtype = self.dtype or x.dtype
         y = jax.lax.conv_general_dilated(
             x.astype(dtype),
@@ -95,17 +95,3 @@ class Conv2d(nn.Module):
             )
             y = y + bias.astype(dtype)
         return y
-
-    def _kernel(self, shape: tuple[int, int, int, int]) -> jax.Array:
-        """The kernel [kt, kf, C_in/groups, C_out]; with weight norm, direction `weight_v` and
-        per-output-channel magnitude `weight_g`, initialised so that w = v at step 0."""
-        init = initializers.torch_default((0, 1, 2))
-        if not self.weight_norm:
-            return self.param("kernel", nn.with_logical_partitioning(init, CONV2D_AXES), shape)
-        v = self.param("weight_v", nn.with_logical_partitioning(init, CONV2D_AXES), shape)
-
-        def g_init(key, _shape):
-            return jnp.sqrt(jnp.sum(jnp.square(nn.meta.unbox(v)), axis=(0, 1, 2)))
-
-        g = self.param("weight_g", nn.with_logical_partitioning(g_init, ("conv_out",)), (shape[3],))
-        return weight_normed(v, g, (0, 1, 2))

@@ -104,7 +104,7 @@ def _write_run_info(workdir: Path) -> None:
         f.write(json.dumps(info) + "\n")
 
 
-def _segment_samples(cfg, codec_cfg) -> int:
+def segment_samples(cfg, codec_cfg) -> int:
     """Crop length rounded up to whole frames, so every crop is an exact number of codec frames."""
     hop = codec_cfg.hop_length
     return max(1, math.ceil(cfg.data.segment_seconds * codec_cfg.sample_rate / hop)) * hop
@@ -149,14 +149,8 @@ def train_codec(
     # ---- data ----------------------------------------------------------------------------------
     if not cfg.data.train:
         raise ConfigError("--config.data.train: no training manifest given")
-    segment = _segment_samples(cfg, codec_cfg)
+    segment = segment_samples(cfg, codec_cfg)
     batch_size = cfg.data.batch_size
-    shards = batch_shards(mesh, rules)
-    if batch_size % shards:
-        raise ConfigError(
-            f"--config.data.batch_size={batch_size} must be a multiple of the "
-            f"{shards} batch shards of the mesh {dict(mesh.shape)} (--config.mesh)"
-        )
     _, local_batch = host_batch_slice(batch_size)
 
     def iterator(seed):
@@ -172,8 +166,10 @@ def train_codec(
         )
 
     train_iter = iterator(cfg.seed)
-    eval_batch = (
-        _eval_batch(cfg.data.valid, cfg.data.eval_items, 2 * segment, codec_cfg.sample_rate)
+    eval_batch = (  # on the device once, reused by every evaluation
+        jax.device_put(
+            _eval_batch(cfg.data.valid, cfg.data.eval_items, 2 * segment, codec_cfg.sample_rate)
+        )
         if cfg.data.valid
         else None
     )
@@ -221,6 +217,7 @@ def train_codec(
     )
     step = start
     timer = {"start": time.perf_counter(), "step": start}
+    evaluated = False  # reference clips go to TensorBoard with this process's first evaluation
     try:
         while step < end and stop["signal"] is None:
             local = next(train_iter)
@@ -254,7 +251,9 @@ def train_codec(
                     step,
                     codec_cfg.sample_rate,
                     cfg.train.num_audio_samples,
+                    with_references=not evaluated,
                 )
+                evaluated = True
             if step % cfg.train.checkpoint_every == 0 or step == end:
                 ckpt.save(step, state, train_iter.get_state(), force=True)
             if timer["step"] == step:  # evaluation and checkpoints are not training time
@@ -299,10 +298,17 @@ class CodecTrainer(NamedTuple):
 def build_codec_trainer(
     cfg: ml_collections.ConfigDict, mesh, segment: int, local_batch: int
 ) -> CodecTrainer:
-    """The jitted init/train/eval functions of a codec experiment on `mesh`."""
+    """The jitted init/train/eval functions of a codec experiment on `mesh`, for batches of
+    `local_batch` rows per host."""
     codec_cfg = codec_config_from(cfg)
     disc_cfg = DiscriminatorConfig.from_dict(cfg.discriminator.to_dict())
     rules = tuple(tuple(r) for r in cfg.sharding_rules)
+    global_batch, shards = local_batch * jax.process_count(), batch_shards(mesh, rules)
+    if global_batch % shards:
+        raise ConfigError(
+            f"--config.data.batch_size={global_batch} must be a multiple of the "
+            f"{shards} batch shards of the mesh {dict(mesh.shape)} (--config.mesh)"
+        )
     codec, disc = Codec(codec_cfg), Discriminators(disc_cfg)
     o = cfg.optim
     tx_g = make_optimizer(o.lr, o.b1, o.b2, o.weight_decay, o.decay_rate, o.clip_norm)
@@ -357,16 +363,23 @@ def _kmeans_init(
 
 
 def _evaluate(
-    eval_fn, state, batch, writer: MetricWriter, step: int, sample_rate: int, num_audio: int
+    eval_fn,
+    state,
+    batch: dict,
+    writer: MetricWriter,
+    step: int,
+    sample_rate: int,
+    num_audio: int,
+    with_references: bool,
 ) -> None:
-    metrics, x_hat = eval_fn(state, {k: jnp.asarray(v) for k, v in batch.items()})
+    """Validation metrics and decoded clips (plus the reference clips, the first time)."""
+    metrics, x_hat = eval_fn(state, batch)
     writer.scalars(step, metrics, prefix="valid/")
-    x_hat = np.asarray(jax.device_get(x_hat))
+    x_hat, wav = jax.device_get((x_hat, batch["wav"]))
     for i in range(min(num_audio, len(x_hat))):
         writer.audio(step, f"valid/decoded_{i}", x_hat[i], sample_rate)
-        if step == 0 or not getattr(writer, "_sent_refs", False):
-            writer.audio(step, f"valid/reference_{i}", batch["wav"][i], sample_rate)
-    writer._sent_refs = True
+        if with_references:
+            writer.audio(step, f"valid/reference_{i}", wav[i], sample_rate)
     writer.flush()
 
 
