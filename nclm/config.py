@@ -54,6 +54,18 @@ def load_config(spec: str, overrides: list[str] | None = None) -> ml_collections
     return cfg
 
 
+COMPUTE_DTYPES = {"float32": "float32", "bfloat16": "bfloat16"}
+
+
+def compute_dtype(name: str, option: str) -> Any:
+    """The jnp dtype named by a config string (`float32` or `bfloat16`); `option` names the key."""
+    import jax.numpy as jnp
+
+    if name not in COMPUTE_DTYPES:
+        raise ConfigError(f"{option}={name!r}: expected one of {sorted(COMPUTE_DTYPES)}")
+    return jnp.dtype(COMPUTE_DTYPES[name])
+
+
 def _tuples(x: Any) -> Any:
     """JSON lists back to the tuples configs use."""
     if isinstance(x, dict):

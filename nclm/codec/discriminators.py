@@ -161,7 +161,7 @@ class STFTDiscriminator(nn.Module):
             )
         window_norm = float(np.sqrt(np.sum(hann_window(self.n_fft) ** 2)))
         spec = stft(wav.astype(jnp.float32), self.n_fft, self.n_fft // 4, padding="none")
-        x = _stft_channels(spec / window_norm)  # [B, T, F, 2]
+        x = _stft_channels(spec / window_norm).astype(wav.dtype)  # [B, T, F, 2]
         c = self.channels
         layers = [Conv2d(c, (3, 9), padding=(1, 4), name="conv_0")]
         for i, d in enumerate(self.dilations):
@@ -199,7 +199,7 @@ class MultiBandSTFTDiscriminator(nn.Module):
         pad = (self.window - hop) // 2
         right = math.ceil(length / hop) * hop - length
         x = jnp.pad(wav.astype(jnp.float32), ((0, 0), (pad, pad + right)), mode="reflect")
-        x = _stft_channels(stft(x, self.window, hop, padding="none"))  # [B, T, F, 2]
+        x = _stft_channels(stft(x, self.window, hop, padding="none")).astype(wav.dtype)
         num_bins = x.shape[2]
         edges = [int(f * num_bins) for f in self.bands]
         c = self.channels
@@ -274,9 +274,11 @@ def normalize_peak(wav: jax.Array, peak: float = 0.8) -> jax.Array:
 
 class Discriminators(nn.Module):
     """wav[B, S] -> [(logits, features)] for every sub-discriminator, in the order of `cfg.kinds`
-    (mpd: one per period; msd: one per scale; msstft and mrd: one per window)."""
+    (mpd: one per period; msd: one per scale; msstft and mrd: one per window). The convolutions
+    run in `dtype` (STFTs in float32); logits and features come back in float32 for the losses."""
 
     cfg: DiscriminatorConfig
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, wav: jax.Array) -> list[Output]:
@@ -285,6 +287,7 @@ class Discriminators(nn.Module):
         wav = wav.astype(jnp.float32)
         if cfg.normalize_input:
             wav = normalize_peak(wav)
+        wav = wav.astype(self.dtype)
         outputs = []
         for kind in cfg.kinds:
             if kind == "mpd":
@@ -306,7 +309,7 @@ class Discriminators(nn.Module):
             else:
                 raise _unknown_kind(kind)
             outputs += [sub(wav) for sub in subs]
-        return outputs
+        return jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), outputs)
 
 
 # -- presets -------------------------------------------------------------------------------------

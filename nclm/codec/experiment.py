@@ -79,6 +79,9 @@ def codec_experiment(
         keep_checkpoints=3,
         kmeans_init=codec.quantizer.kind == "ema",
         num_audio_samples=2,
+        # bfloat16 on GPU/TPU: encoder, decoder and discriminators compute in bf16; parameters,
+        # optimizer state, quantizer distances and losses stay float32. Evaluation runs in float32.
+        compute_dtype="float32",
     )
     cfg.mesh = dict(data=-1, fsdp=1, tensor=1)
     cfg.sharding_rules = tuple((name, axes) for name, axes in DEFAULT_RULES)

@@ -4,6 +4,10 @@
     wav   = Codec(cfg).apply(variables, codes, method="decode")       codes[B, Q', T] -> [B, S']
     out   = Codec(cfg).apply(variables, wav, train=True, rngs=...)    training forward
 
+`dtype` is the compute precision of the encoder and decoder (bfloat16 on GPU/TPU); parameters stay
+float32, and the quantizer always sees a float32 latent (distances, codebook statistics and losses
+stay float32), as do the returned waveform and latent.
+
 `variables` holds `params` (trained by gradients) and, for EMA quantizers, `codebooks` (moved by
 `rvq_ema.ema_update`, never by the optimizer). Decoding accepts any number of levels Q' <= Q
 (variable bitrate).
@@ -34,6 +38,7 @@ class CodecOutput(NamedTuple):
 
 class Codec(nn.Module):
     cfg: CodecConfig
+    dtype: Any = jnp.float32
 
     def setup(self):
         cfg = self.cfg
@@ -49,13 +54,14 @@ class Codec(nn.Module):
             self.decoder = (SEANetDecoder if seanet else DACDecoder)(cfg.network)
 
     def _decode_latent(self, z: jax.Array, levels_used: Any = None) -> jax.Array:
+        z = z.astype(self.dtype)
         if self.cfg.decoder == "vocos":
-            return self.decoder(z, levels_used)[..., 0]
-        return self.decoder(z)[..., 0]
+            return self.decoder(z, levels_used)[..., 0].astype(jnp.float32)
+        return self.decoder(z)[..., 0].astype(jnp.float32)
 
     def encode_latent(self, wav: jax.Array) -> jax.Array:
         """wav[B, S] -> continuous latent [B, T, D]."""
-        return self.encoder(wav[..., None])
+        return self.encoder(wav[..., None].astype(self.dtype)).astype(jnp.float32)
 
     def encode(self, wav: jax.Array, num_levels: int | None = None) -> jax.Array:
         return self.quantizer.encode(self.encode_latent(wav), num_levels)

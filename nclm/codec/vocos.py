@@ -40,9 +40,12 @@ class VocosDecoder(nn.Module):
             x = ConvNeXtBlock(cfg.hidden, 1.0 / cfg.num_layers, conditions, name=f"block_{i}")(
                 x, cond_id
             )
-        x = nn.LayerNorm(epsilon=1e-6, name="final_norm")(x)
+        x = nn.LayerNorm(epsilon=1e-6, dtype=x.dtype, name="final_norm")(x)
+        head = nn.Dense(
+            n_fft + 2, kernel_init=initializers.truncated_normal(0.02), dtype=x.dtype, name="head"
+        )
         return istft_head(
-            nn.Dense(n_fft + 2, kernel_init=initializers.truncated_normal(0.02), name="head")(x),
+            head(x),
             n_fft,
             self.hop,
         )

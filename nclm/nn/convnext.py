@@ -29,8 +29,10 @@ class AdaLayerNorm(nn.Module):
             nn.with_logical_partitioning(nn.initializers.zeros, (None, "embed")),
             (self.num_conditions, dim),
         )
-        x = nn.LayerNorm(epsilon=self.epsilon, use_scale=False, use_bias=False)(x)
-        return x * scale[cond_id][:, None, :] + shift[cond_id][:, None, :]
+        x = nn.LayerNorm(epsilon=self.epsilon, use_scale=False, use_bias=False, dtype=x.dtype)(x)
+        return x * scale[cond_id][:, None, :].astype(x.dtype) + shift[cond_id][:, None, :].astype(
+            x.dtype
+        )
 
 
 def layer_norm(
@@ -39,7 +41,7 @@ def layer_norm(
     """Plain LayerNorm, or AdaLayerNorm when the module is conditioned (num_conditions > 0)."""
     if num_conditions:
         return AdaLayerNorm(num_conditions, epsilon, name=name)(x, cond_id)
-    return nn.LayerNorm(epsilon=epsilon, name=name)(x)
+    return nn.LayerNorm(epsilon=epsilon, dtype=x.dtype, name=name)(x)  # statistics in float32
 
 
 class ConvNeXtBlock(nn.Module):
@@ -63,11 +65,10 @@ class ConvNeXtBlock(nn.Module):
             name="dwconv",
         )(x)
         y = layer_norm(y, cond_id, self.num_conditions, "norm")
-        y = nn.Dense(self.hidden, kernel_init=initializers.truncated_normal(0.02), name="pwconv1")(
-            y
-        )
+        init = initializers.truncated_normal(0.02)
+        y = nn.Dense(self.hidden, kernel_init=init, dtype=x.dtype, name="pwconv1")(y)
         y = jax.nn.gelu(y, approximate=False)
-        y = nn.Dense(dim, kernel_init=initializers.truncated_normal(0.02), name="pwconv2")(y)
+        y = nn.Dense(dim, kernel_init=init, dtype=x.dtype, name="pwconv2")(y)
         gamma = self.param(
             "gamma",
             nn.with_logical_partitioning(nn.initializers.constant(self.layer_scale), ("embed",)),

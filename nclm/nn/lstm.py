@@ -12,7 +12,8 @@ from nclm.nn import init as initializers
 class LSTMLayer(nn.Module):
     """One LSTM layer. Gates are ordered (input, forget, cell, output) as in torch.nn.LSTM; the two
     PyTorch biases are stored as their sum. The input projection of all frames is one matmul; only
-    the recurrent matmul runs inside `lax.scan`."""
+    the recurrent matmul runs inside `lax.scan`. The recurrence (h, c) runs in float32 whatever the
+    input dtype: the cell state accumulates over every frame."""
 
     features: int
 
@@ -32,18 +33,19 @@ class LSTMLayer(nn.Module):
             "bias", nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)), (4 * h_dim,)
         )
         gates_x = jnp.einsum("btd,dg->tbg", x, w_ih.astype(x.dtype)) + bias.astype(x.dtype)
+        gates_x = gates_x.astype(jnp.float32)
 
         def step(carry, gx):
             h, c = carry
-            gates = gx + h @ w_hh.astype(x.dtype)
+            gates = gx + (h.astype(x.dtype) @ w_hh.astype(x.dtype)).astype(jnp.float32)
             i, f, g, o = jnp.split(gates, 4, axis=-1)
             c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
             h = jax.nn.sigmoid(o) * jnp.tanh(c)
             return (h, c), h
 
-        zeros = jnp.zeros((x.shape[0], h_dim), x.dtype)
+        zeros = jnp.zeros((x.shape[0], h_dim), jnp.float32)
         _, hs = jax.lax.scan(step, (zeros, zeros), gates_x)
-        return jnp.swapaxes(hs, 0, 1)
+        return jnp.swapaxes(hs, 0, 1).astype(x.dtype)
 
 
 class ResidualLSTM(nn.Module):

@@ -7,6 +7,8 @@ One step updates, in this order and from the same batch:
      or, with `losses.balancer`, EnCodec's balancer on the losses that depend on the output audio;
   2. the discriminator on its adversarial loss against the generator's (stop-gradient) output;
   3. the EMA codebooks (EMA quantizers only) from the batch statistics the quantizer returned.
+With `dtype=bfloat16` the codec's encoder/decoder and the discriminators compute in bfloat16;
+parameters, optimizer state, quantizer distances and statistics, and every loss stay float32.
 A step whose losses or gradients are not finite leaves the whole state unchanged and reports
 `nonfinite = 1` (the guard), so one bad batch cannot poison a run.
 """
@@ -89,8 +91,9 @@ def make_codec_train_step(
     losses_cfg: dict,
     tx_g: optax.GradientTransformation,
     tx_d: optax.GradientTransformation,
+    dtype: Any = jnp.float32,
 ) -> Callable:
-    codec, disc = Codec(codec_cfg), Discriminators(disc_cfg)
+    codec, disc = Codec(codec_cfg, dtype), Discriminators(disc_cfg, dtype)
     weights = {k: float(v) for k, v in losses_cfg["weights"].items()}
     unknown = set(weights) - set(AUDIO_LOSSES) - {"commit", "codebook"}
     if unknown:

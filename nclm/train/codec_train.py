@@ -35,7 +35,7 @@ from nclm.codec.discriminators import DiscriminatorConfig, Discriminators
 from nclm.codec.experiment import codec_config_from
 from nclm.codec.model import Codec
 from nclm.codec.rvq_ema import kmeans_init
-from nclm.config import ConfigError, save_config, to_dict
+from nclm.config import ConfigError, compute_dtype, save_config, to_dict
 from nclm.data.audio_pipeline import make_iterator
 from nclm.data.manifest import read_manifest, resolve_audio
 from nclm.sharding import (
@@ -309,6 +309,7 @@ def build_codec_trainer(
             f"--config.data.batch_size={global_batch} must be a multiple of the "
             f"{shards} batch shards of the mesh {dict(mesh.shape)} (--config.mesh)"
         )
+    dtype = compute_dtype(cfg.train.get("compute_dtype", "float32"), "--config.train.compute_dtype")
     codec, disc = Codec(codec_cfg), Discriminators(disc_cfg)
     o = cfg.optim
     tx_g = make_optimizer(o.lr, o.b1, o.b2, o.weight_decay, o.decay_rate, o.clip_norm)
@@ -328,7 +329,7 @@ def build_codec_trainer(
     batch_sh = {k: batch_sharding(mesh, 2, rules) for k in ("wav", "mask")}
     init = jax.jit(lambda k: nn.meta.unbox(init_state(k)), out_shardings=state_sh)
     step = jax.jit(
-        make_codec_train_step(codec_cfg, disc_cfg, losses_cfg, tx_g, tx_d),
+        make_codec_train_step(codec_cfg, disc_cfg, losses_cfg, tx_g, tx_d, dtype),
         in_shardings=(state_sh, batch_sh, replicated(mesh)),
         out_shardings=(state_sh, replicated(mesh)),
         donate_argnums=0,

@@ -7,6 +7,7 @@ import math
 
 import flax.linen as nn
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -267,3 +268,47 @@ def test_tiny_train_forward_is_finite(name):
         np.testing.assert_array_equal(counts, [int(mask.sum())] * cfg.num_codebooks)
     else:
         assert float(q.codebook_loss) > 0 and q.stats is None
+
+
+def _conv_dtypes(fn, *args) -> list:
+    """Operand dtypes of every convolution and matmul in fn's jaxpr, nested jaxprs included."""
+    found = []
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
+                found.append(eqn.invars[0].aval.dtype)
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                walk(sub)
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return found
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_bfloat16_compute_matches_float32(name):
+    """dtype=bfloat16: the encoder/decoder convolutions run in bf16 (the quantizer in float32),
+    outputs come back float32, and the reconstruction and codes stay close to float32's."""
+    tiny = _tiny(name)
+    cfg, variables = tiny.cfg, tiny.variables
+    wav = _wav(2, FRAMES * cfg.hop_length, seed=4)
+    mask = jnp.ones((2, FRAMES), bool)
+    outs = {}
+    for dtype in (jnp.float32, jnp.bfloat16):
+        model = Codec(cfg, dtype)
+
+        def forward(v, x, model=model):
+            return model.apply(v, x, train=False, mask=mask)
+
+        dtypes = _conv_dtypes(forward, variables, wav)
+        if dtype == jnp.bfloat16:
+            assert dtypes.count(jnp.bfloat16) > len(dtypes) // 2, dtypes
+        else:
+            assert set(dtypes) == {jnp.dtype(jnp.float32)}
+        outs[dtype] = jax.jit(forward)(variables, wav)
+    lo, hi = outs[jnp.bfloat16], outs[jnp.float32]
+    assert lo.wav.dtype == lo.latent.dtype == jnp.float32
+    scale = float(jnp.std(hi.wav))
+    assert float(jnp.sqrt(jnp.mean((lo.wav - hi.wav) ** 2))) < 0.05 * scale
+    # bf16 latents may move a code whose two nearest codewords are almost equidistant
+    assert float(jnp.mean(lo.quantizer.codes == hi.quantizer.codes)) > 0.8
