@@ -2,6 +2,7 @@
 
     nclm codec init|info|encode|decode|convert|eval ...    (nclm/codec/cli.py)
     nclm data manifest|synth ...                            (nclm/data/cli.py)
+    nclm tokens extract ...                                 (nclm/data/tokens_cli.py)
     nclm train --config FILE.py[:ARG] --workdir DIR [--config.key=value ...]
     nclm bench codec ...                                    (nclm/bench/codec.py)
 
@@ -153,8 +154,9 @@ def _bench_commands(groups: argparse._SubParsersAction) -> None:
 
 def _command_groups():
     from nclm.codec.cli import register as codec_commands
+    from nclm.data.tokens_cli import register as tokens_commands
 
-    return (codec_commands, _data_commands, _train_command, _bench_commands)
+    return (codec_commands, _data_commands, tokens_commands, _train_command, _bench_commands)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from nclm.audio.stft import istft_same
 from nclm.codec.config import VocosConfig
 from nclm.nn import Conv1d, ConvNeXtBlock
 from nclm.nn import init as initializers
-from nclm.nn.convnext import layer_norm
+from nclm.nn.norms import layer_norm
 
 MAX_MAGNITUDE = 100.0  # exp(log-magnitude) is clipped here, as in Vocos, to keep the iSTFT finite
 

@@ -3,8 +3,9 @@
 from nclm.nn.activations import Snake
 from nclm.nn.conv import Conv1d, ConvTranspose1d, conv_output_length, conv_transpose_output_length
 from nclm.nn.conv2d import Conv2d, conv2d_output_shape
-from nclm.nn.convnext import AdaLayerNorm, ConvNeXtBlock
+from nclm.nn.convnext import ConvNeXtBlock
 from nclm.nn.lstm import LSTMLayer, ResidualLSTM
+from nclm.nn.norms import AdaLayerNorm
 
 __all__ = [
     "AdaLayerNorm",

@@ -1,0 +1,1 @@
+"""Decoding for codec language models: token samplers, decode loops."""

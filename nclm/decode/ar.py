@@ -1,0 +1,102 @@
+"""AR decoding of level-1 codes: one prefill pass, then a `lax.while_loop` over a preallocated KV
+cache, for a batch of prompts of different lengths. One compiled program per shape bucket.
+
+Buffer rows (per example b, P_b = prompt_len[b]):
+    [0, Lt)                     text slots (BOS, phonemes, EOS, padding)
+    Lt                          audio BOS
+    Lt + 1 .. Lt + P_b          prompt codes
+    Lt + P_b + 1 + k            generated code k (k = 0 .. max_new - 1)
+Step k feeds generated code k - 1 into row Lt + P_b + k and samples code k from its output.
+Rows past a row's own length hold stale prefill K/V (the prompt bucket is padded); the key mask
+hides them until the step that overwrites them. Step k samples with `fold_in(key, k)`, so the
+tokens depend on the key and the model only, not on the loop's structure.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from nclm.decode.sampling import SamplingConfig, sample_tokens
+from nclm.lm.config import LMConfig
+from nclm.lm.model import CodecLM
+from nclm.nn.transformer import init_cache
+
+DEFAULT_SAMPLING = SamplingConfig()  # temperature 1, no filtering (the VALL-E repo)
+
+
+@partial(jax.jit, static_argnames=("cfg", "max_new", "sampling", "dtype"))
+def ar_generate(
+    params: Any,
+    text: jax.Array,  # int32[B, Lt]: BOS, phonemes (prompt transcript + target text), EOS, pad
+    text_len: jax.Array,  # int32[B]
+    prompt: jax.Array,  # int32[B, P]: level-1 codes of the voice prompt, right-padded
+    prompt_len: jax.Array,  # int32[B]
+    key: jax.Array,
+    task: jax.Array | None = None,  # int32[B], default 0 (TTS)
+    *,
+    cfg: LMConfig,
+    max_new: int,
+    sampling: SamplingConfig = DEFAULT_SAMPLING,
+    dtype: Any = jnp.float32,
+) -> tuple[jax.Array, jax.Array]:
+    """-> (codes int32[B, max_new] padded with EOS, lengths int32[B]): level-1 codes generated
+    after each prompt until EOS or `max_new`."""
+    model = CodecLM(cfg, dtype)
+    batch, num_text, num_prompt = text.shape[0], text.shape[1], prompt.shape[1]
+    task = jnp.zeros((batch,), jnp.int32) if task is None else task
+    eos = cfg.eos_id
+    size = num_text + 1 + num_prompt + max_new
+    cache = init_cache(cfg.stack(False), batch, size, dtype)
+    audio_in = jnp.concatenate([jnp.full((batch, 1), cfg.bos_id, jnp.int32), prompt], axis=1)
+    audio_in = jnp.where(jnp.arange(1 + num_prompt) <= prompt_len[:, None], audio_in, cfg.pad_id)
+    variables = {"params": params}
+    h, cache = model.apply(
+        variables,
+        text,
+        text_len,
+        audio_in,
+        prompt_len + 1,
+        task,
+        cache,
+        jnp.zeros((batch,), jnp.int32),
+        method=CodecLM.ar_hidden,
+    )
+    last = jnp.take_along_axis(h, (num_text + prompt_len)[:, None, None], axis=1)[:, 0]
+    logits = model.apply(variables, last[:, None], method=CodecLM.ar_project)[:, 0]
+    history = jnp.full((batch, max_new), eos, jnp.int32)
+
+    def draw(step, logits, history):
+        tok = sample_tokens(
+            jax.random.fold_in(key, step), logits, history, jnp.full((batch,), step), sampling
+        )
+        return tok.astype(jnp.int32)
+
+    tok = draw(0, logits, history)
+    history = history.at[:, 0].set(tok)
+    done = tok == eos
+    rows = jnp.arange(size)[None]
+
+    def cond(carry):
+        step, _, _, _, done = carry
+        return (step < max_new) & ~jnp.all(done)
+
+    def body(carry):
+        step, tok, cache, history, done = carry
+        write = num_text + prompt_len + step  # the row of generated code step - 1
+        key_mask = (rows < text_len[:, None]) | ((rows >= num_text) & (rows <= write[:, None]))
+        position = text_len + prompt_len + step
+        logits, cache = model.apply(
+            variables, tok, position, write, key_mask, cache, method=CodecLM.ar_step
+        )
+        new = jnp.where(done, eos, draw(step, logits, history))
+        history = jax.lax.dynamic_update_slice(history, new[:, None], (0, step))
+        return step + 1, new, cache, history, done | (new == eos)
+
+    _, _, _, history, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), tok, cache, history, done))
+    is_eos = history == eos
+    lengths = jnp.where(is_eos.any(axis=1), jnp.argmax(is_eos, axis=1), max_new)
+    return history, lengths.astype(jnp.int32)

@@ -1,0 +1,81 @@
+"""NAR decoding of levels 2..Q: one bidirectional pass per level, greedy or sampled.
+
+The audio frames of each row are packed as [prompt (P_b frames, all levels) | generated
+(G_b frames, level 1 known)]; the pass for level j embeds every level of the prompt frames and
+levels < j of the generated ones (the NAR training layout), and fills level j of the generated
+frames. The Python loop over levels is static (Q - 1 passes in one compiled program).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from nclm.decode.sampling import SamplingConfig, sample
+from nclm.lm import layout
+from nclm.lm.config import LMConfig
+from nclm.lm.model import CodecLM
+
+GREEDY = SamplingConfig(temperature=0.0)  # VALL-E decodes the NAR levels greedily
+
+
+def _place(buffer: jax.Array, rows: jax.Array, start: jax.Array) -> jax.Array:
+    """buffer[B, Q, F] with rows[B, Q, G] written at frame start[B] of each row."""
+    return jax.vmap(lambda b, r, s: jax.lax.dynamic_update_slice(b, r, (0, s)))(buffer, rows, start)
+
+
+@partial(jax.jit, static_argnames=("cfg", "sampling", "dtype"))
+def nar_generate(
+    params: Any,
+    text: jax.Array,  # int32[B, Lt]
+    text_len: jax.Array,  # int32[B]
+    prompt: jax.Array,  # int32[B, Q, P]: all levels of the voice prompt, right-padded
+    prompt_len: jax.Array,  # int32[B]
+    level1: jax.Array,  # int32[B, G]: generated level-1 codes (the AR output)
+    gen_len: jax.Array,  # int32[B]
+    key: jax.Array,
+    task: jax.Array | None = None,
+    *,
+    cfg: LMConfig,
+    sampling: SamplingConfig = GREEDY,
+    dtype: Any = jnp.float32,
+) -> jax.Array:
+    """-> int32[B, Q, G]: all levels of the generated frames (0 past gen_len)."""
+    model = CodecLM(cfg, dtype)
+    batch, num_q = text.shape[0], cfg.num_codebooks
+    num_prompt, num_gen = prompt.shape[2], level1.shape[1]
+    task = jnp.zeros((batch,), jnp.int32) if task is None else task
+    real = jnp.arange(num_gen)[None] < gen_len[:, None]
+    gen = jnp.zeros((batch, num_q, num_gen), jnp.int32).at[:, 0].set(jnp.where(real, level1, 0))
+    frames = jnp.zeros((batch, num_q, num_prompt + num_gen), jnp.int32)
+    frames = _place(_place(frames, prompt, jnp.zeros_like(prompt_len)), gen, prompt_len)
+    total = prompt_len + gen_len
+    for level in range(2, num_q + 1):
+        visible = layout.nar_levels_visible(
+            prompt_len, total, jnp.int32(level), num_q, frames.shape[2]
+        )
+        logits = model.apply(
+            {"params": params},
+            text,
+            text_len,
+            frames,
+            total,
+            visible,
+            jnp.int32(level),
+            task,
+            method=CodecLM.nar_logits,
+        )  # [B, F, V]
+        flat = logits.reshape(-1, logits.shape[-1])
+        k = jax.random.fold_in(key, level)
+        picked = sample(k, flat, sampling.temperature, sampling.top_k, sampling.top_p)
+        picked = picked.reshape(batch, -1).astype(jnp.int32)
+        t = jnp.arange(frames.shape[2])[None]
+        target = (t >= prompt_len[:, None]) & (t < total[:, None])
+        frames = frames.at[:, level - 1].set(jnp.where(target, picked, frames[:, level - 1]))
+    out = jax.vmap(lambda f, s: jax.lax.dynamic_slice(f, (0, s), (num_q, num_gen)))(
+        frames, prompt_len
+    )
+    return jnp.where(real[:, None], out, 0)

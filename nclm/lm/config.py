@@ -1,0 +1,128 @@
+"""CodecLM settings as a frozen dataclass with named presets; round-trips through JSON.
+
+Audio token ids per level: 0..V-1 are codes, then the specials below. Stages (AdaLN rows) are
+codebook levels: stage q-1 conditions the prediction of level q (AR: level 1, stage 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from nclm.nn.transformer import REMAT_POLICIES, StackConfig
+
+NUM_AUDIO_SPECIALS = 4  # EOS, BOS, MASK, PAD after the V codes of each level
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    name: str = "valle"
+    num_codebooks: int = 8
+    codebook_size: int = 1024
+    text_vocab_size: int = 256  # set from the symbol table of the token corpus
+    num_tasks: int = 8  # task embedding rows (SpeechX); 0 is TTS
+    num_layers: int = 12
+    width: int = 1024
+    num_heads: int = 16
+    num_kv_heads: int = 16
+    ffn: int = 4096
+    dropout: float = 0.1
+    # True: AR (causal) and NAR (bidirectional) run one backbone; False: two stacks in the tree.
+    shared_backbone: bool = True
+    conv_kernel: int = 0  # Conformer convolution in the bidirectional stack (separate stacks only)
+    rope_base: float = 10000.0
+    scan_layers: bool = True
+    remat: str = "none"  # one of nclm.nn.transformer.REMAT_POLICIES
+
+    def __post_init__(self):
+        if self.width % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"lm: width {self.width} must divide into num_heads {self.num_heads}, and "
+                f"num_heads into num_kv_heads {self.num_kv_heads}"
+            )
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"lm.remat={self.remat!r}: expected one of {sorted(REMAT_POLICIES)}")
+        if self.conv_kernel and self.shared_backbone:
+            raise ValueError(
+                "lm.conv_kernel > 0 needs lm.shared_backbone=False: a centered convolution would "
+                "let the causal (AR) pass see the future"
+            )
+        if self.num_codebooks < 1 or self.codebook_size < 2:
+            raise ValueError("lm: need num_codebooks >= 1 and codebook_size >= 2")
+
+    # -- special audio ids (per level) ---------------------------------------------------------
+    @property
+    def eos_id(self) -> int:
+        return self.codebook_size
+
+    @property
+    def bos_id(self) -> int:
+        return self.codebook_size + 1
+
+    @property
+    def mask_id(self) -> int:
+        return self.codebook_size + 2
+
+    @property
+    def pad_id(self) -> int:
+        return self.codebook_size + 3
+
+    @property
+    def audio_vocab_size(self) -> int:
+        return self.codebook_size + NUM_AUDIO_SPECIALS
+
+    def stack(self, bidirectional: bool) -> StackConfig:
+        return StackConfig(
+            num_layers=self.num_layers,
+            width=self.width,
+            num_heads=self.num_heads,
+            num_kv_heads=self.num_kv_heads,
+            ffn=self.ffn,
+            dropout=self.dropout,
+            conv_kernel=self.conv_kernel if bidirectional else 0,
+            rope_base=self.rope_base,
+            num_stages=self.num_codebooks,
+            scan_layers=self.scan_layers,
+            remat=self.remat,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LMConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown lm config keys {sorted(unknown)}; expected {sorted(known)}")
+        return cls(**d)
+
+
+def valle(num_codebooks: int = 8, codebook_size: int = 1024, **kw) -> LMConfig:
+    """VALL-E's size (REFERENCE.md section 5): 12 layers, width 1024, 16 heads, FFN 4096."""
+    return LMConfig("valle", num_codebooks, codebook_size, **kw)
+
+
+def small(num_codebooks: int = 8, codebook_size: int = 1024, **kw) -> LMConfig:
+    """A GPU-sized debugging model: 6 layers, width 512, 8 heads."""
+    kw = {"num_layers": 6, "width": 512, "num_heads": 8, "num_kv_heads": 8, "ffn": 2048, **kw}
+    return LMConfig("small", num_codebooks, codebook_size, **kw)
+
+
+def tiny(num_codebooks: int = 4, codebook_size: int = 256, **kw) -> LMConfig:
+    """A CPU test/quickstart model: 2 layers, width 64, 4 heads."""
+    kw = {
+        "num_layers": 2,
+        "width": 64,
+        "num_heads": 4,
+        "num_kv_heads": 4,
+        "ffn": 256,
+        "dropout": 0.0,
+        "text_vocab_size": 64,
+        **kw,
+    }
+    return LMConfig("tiny", num_codebooks, codebook_size, **kw)
+
+
+PRESETS = {"valle": valle, "small": small, "tiny": tiny}

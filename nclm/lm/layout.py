@@ -1,0 +1,87 @@
+"""Sequence layouts of the VALL-E objectives, as arrays (no model code).
+
+Every sequence is `[text | audio]`: the text region holds Lt slots (BOS, phonemes, EOS, then
+padding to the bucket) and the audio region Ta slots. Rotary positions run on without gaps:
+text slot j sits at position j, audio slot a at `text_len + a`, so the padding between the two
+regions is invisible as long as its keys are masked.
+
+AR (level 1):   audio = [BOS, c_1 .. c_T, (pad)]; slot a predicts c_{a+1}, slot T predicts EOS.
+                Text attends to text; audio attends to text and to earlier audio (causal).
+NAR (level j):  audio = frames 0..T-1; frames before the prompt length P embed all Q levels,
+                later frames embed levels < j; loss on level j of frames P..T-1. Everything
+                attends to every real slot (bidirectional).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def positions(text_len: jax.Array, num_text: int, num_audio: int) -> jax.Array:
+    """int32[B, Lt + Ta]: j for text slots, text_len + a for audio slot a."""
+    text = jnp.broadcast_to(jnp.arange(num_text), (text_len.shape[0], num_text))
+    audio = text_len[:, None] + jnp.arange(num_audio)[None]
+    return jnp.concatenate([text, audio], axis=1).astype(jnp.int32)
+
+
+def key_valid(text_len: jax.Array, audio_len: jax.Array, num_text: int, num_audio: int):
+    """bool[B, Lt + Ta]: real text slots and the first audio_len audio slots."""
+    text = jnp.arange(num_text)[None] < text_len[:, None]
+    audio = jnp.arange(num_audio)[None] < audio_len[:, None]
+    return jnp.concatenate([text, audio], axis=1)
+
+
+def attention_mask(
+    text_len: jax.Array, audio_len: jax.Array, num_text: int, num_audio: int, causal: bool
+) -> jax.Array:
+    """bool[B, L, L] (L = Lt + Ta), query by key. Causal: text sees real text; audio slot a sees
+    real text and audio slots <= a. Bidirectional: every slot sees every real slot."""
+    valid = key_valid(text_len, audio_len, num_text, num_audio)  # [B, L]
+    mask = jnp.broadcast_to(valid[:, None, :], (valid.shape[0], valid.shape[1], valid.shape[1]))
+    if not causal:
+        return mask
+    length = num_text + num_audio
+    q, k = jnp.arange(length)[:, None], jnp.arange(length)[None]
+    k_is_audio = k >= num_text
+    allowed = ~k_is_audio | ((q >= num_text) & (k <= q))  # text keys always; audio keys causally
+    return mask & allowed[None]
+
+
+def ar_audio(codes1: jax.Array, code_len: jax.Array, bos: int, eos: int, pad: int):
+    """Level-1 codes[B, T] (T = the frame bucket, >= code_len + 1) -> (inputs, targets, weights),
+    each [B, T]: inputs [BOS, c_1 .. c_{T-1}], targets [c_1 .. c_len, EOS, pad ..], weights 1 on
+    slots 0..code_len."""
+    t = jnp.arange(codes1.shape[1])[None]
+    inputs = jnp.concatenate([jnp.full_like(codes1[:, :1], bos), codes1[:, :-1]], axis=1)
+    inputs = jnp.where(t <= code_len[:, None], inputs, pad)
+    targets = jnp.where(t < code_len[:, None], codes1, jnp.where(t == code_len[:, None], eos, pad))
+    return inputs, targets, (t <= code_len[:, None]).astype(jnp.float32)
+
+
+def nar_levels_visible(
+    prompt_len: jax.Array, code_len: jax.Array, level: jax.Array, num_levels: int, num_frames: int
+) -> jax.Array:
+    """bool[B, Q, T]: which (level, frame) codes a NAR pass for `level` (1-based, >= 2) may embed.
+    Prompt frames (t < prompt_len) show all levels; later real frames show levels < `level`."""
+    t = jnp.arange(num_frames)[None, None]
+    q = jnp.arange(num_levels)[None, :, None]  # 0-based level index
+    real = t < code_len[:, None, None]
+    prompt = t < prompt_len[:, None, None]
+    return real & (prompt | (q < level - 1))
+
+
+def nar_loss_weights(prompt_len: jax.Array, code_len: jax.Array, num_frames: int) -> jax.Array:
+    """float32[B, T]: 1 on the frames a NAR pass predicts (prompt_len <= t < code_len)."""
+    t = jnp.arange(num_frames)[None]
+    return ((t >= prompt_len[:, None]) & (t < code_len[:, None])).astype(jnp.float32)
+
+
+def sample_prompt_len(
+    key: jax.Array, code_len: jax.Array, low: float = 0.15, high: float = 0.3, cap: int = 225
+) -> jax.Array:
+    """VALL-E's NAR prefix prompt: a random 15-30 % of each utterance, at most `cap` frames, and
+    always leaving at least one frame to predict."""
+    frac = jax.random.uniform(key, code_len.shape, minval=low, maxval=high)
+    length = jnp.minimum(jnp.floor(frac * code_len).astype(jnp.int32), cap)
+    return jnp.clip(length, 0, jnp.maximum(code_len - 1, 0))

@@ -1,0 +1,170 @@
+"""CodecLM: one parameter tree for the AR, NAR (and later masked) codec language models.
+
+    params
+    ├─ text_embed     [Vt, D]         phoneme/grapheme ids (BOS/EOS/pad from the symbol table)
+    ├─ task_embed     [num_tasks, D]  added to the text BOS slot (SpeechX task tokens; 0 = TTS)
+    ├─ audio_embed    [Q, V + 4, D]   one table per codebook level: codes, EOS, BOS, MASK, PAD
+    ├─ backbone                       one stack run causally (AR) or bidirectionally (NAR) ...
+    │  (or ar_backbone + nar_backbone when cfg.shared_backbone is False)
+    ├─ ar_head        [D, V + 1]      level-1 codes and EOS
+    └─ nar_heads      [Q - 1, D, V]   levels 2..Q
+
+Every stack is conditioned on the stage (the level being predicted) through AdaLN, as VALL-E's
+NAR. Methods return float32 logits whatever the compute dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from nclm.lm import layout
+from nclm.lm.config import LMConfig
+from nclm.nn import init as initializers
+from nclm.nn.attention import LayerCache
+from nclm.nn.transformer import TransformerStack
+
+
+class CodecLM(nn.Module):
+    cfg: LMConfig
+    dtype: Any = jnp.float32
+    deterministic: bool = True
+
+    def setup(self):
+        cfg = self.cfg
+        d = cfg.width
+        embed_init = initializers.normal(d**-0.5)
+        self.text_embed = self.param(
+            "text_embed",
+            nn.with_logical_partitioning(embed_init, ("vocab", "embed")),
+            (cfg.text_vocab_size, d),
+        )
+        self.task_embed = self.param(
+            "task_embed",
+            nn.with_logical_partitioning(embed_init, (None, "embed")),
+            (cfg.num_tasks, d),
+        )
+        self.audio_embed = self.param(
+            "audio_embed",
+            nn.with_logical_partitioning(embed_init, ("levels", "vocab", "embed")),
+            (cfg.num_codebooks, cfg.audio_vocab_size, d),
+        )
+        if cfg.shared_backbone:
+            self.backbone = TransformerStack(cfg.stack(True), self.dtype, self.deterministic)
+        else:
+            self.ar_backbone = TransformerStack(cfg.stack(False), self.dtype, self.deterministic)
+            self.nar_backbone = TransformerStack(cfg.stack(True), self.dtype, self.deterministic)
+        head_init = initializers.truncated_normal(d**-0.5)
+        self.ar_head = self.param(
+            "ar_head",
+            nn.with_logical_partitioning(head_init, ("embed", "vocab")),
+            (d, cfg.codebook_size + 1),
+        )
+        self.nar_heads = self.param(
+            "nar_heads",
+            nn.with_logical_partitioning(head_init, ("levels", "embed", "vocab")),
+            (max(cfg.num_codebooks - 1, 1), d, cfg.codebook_size),
+        )
+
+    # -- embeddings ----------------------------------------------------------------------------
+    def embed_text(self, text: jax.Array, task: jax.Array) -> jax.Array:
+        """text[B, Lt] ids, task[B] -> [B, Lt, D]; the task row is added to slot 0 (BOS)."""
+        x = jnp.take(self.text_embed, text, axis=0)
+        return x.at[:, 0].add(jnp.take(self.task_embed, task, axis=0))
+
+    def embed_audio(self, tokens: jax.Array, visible: jax.Array | None = None) -> jax.Array:
+        """tokens[B, Q', T] (level q in row q) -> [B, T, D] = sum over visible (level, frame) of
+        audio_embed[q, token]. One gather over the flattened [Q * (V + 4), D] table."""
+        num_q = tokens.shape[1]
+        table = self.audio_embed[:num_q].reshape(-1, self.cfg.width)
+        offsets = (jnp.arange(num_q) * self.cfg.audio_vocab_size)[None, :, None]
+        e = jnp.take(table, tokens + offsets, axis=0)  # [B, Q', T, D]
+        if visible is not None:
+            e = e * visible[..., None].astype(e.dtype)
+        return e.sum(axis=1)
+
+    def _stack(self, causal: bool) -> TransformerStack:
+        if self.cfg.shared_backbone:
+            return self.backbone
+        return self.ar_backbone if causal else self.nar_backbone
+
+    # -- AR ------------------------------------------------------------------------------------
+    def ar_hidden(self, text, text_len, audio_in, audio_len, task, cache=None, write_index=None):
+        """Full causal pass over [text | audio_in] (audio_in: level-1 ids [B, Ta], BOS first).
+        With `cache` (k, v: [layers, B, L, K, H], L >= Lt + Ta) the K/V are written at rows
+        write_index[B] and attention covers the cache (prefill). Returns (h [B, Lt+Ta, D], cache).
+        """
+        num_text, num_audio = text.shape[1], audio_in.shape[1]
+        x = jnp.concatenate(
+            [self.embed_text(text, task), self.embed_audio(audio_in[:, None])], axis=1
+        )
+        pos = layout.positions(text_len, num_text, num_audio)
+        mask = layout.attention_mask(text_len, audio_len, num_text, num_audio, causal=True)
+        if cache is not None:  # keys beyond this call's slots are not yet written: hide them
+            extra = cache.k.shape[2] - mask.shape[2]
+            mask = jnp.pad(mask, ((0, 0), (0, 0), (0, extra)))
+        stage = jnp.zeros(text.shape[:1], jnp.int32)
+        return self._stack(True)(x, pos, mask, stage, None, cache, write_index)
+
+    def ar_logits(self, text, text_len, audio_in, audio_len, task) -> jax.Array:
+        """float32[B, Ta, V + 1]: logits of the next level-1 code (or EOS) at every audio slot."""
+        h, _ = self.ar_hidden(text, text_len, audio_in, audio_len, task)
+        return self.ar_project(h[:, text.shape[1] :])
+
+    def ar_project(self, h: jax.Array) -> jax.Array:
+        return jnp.einsum("btd,dv->btv", h, self.ar_head.astype(h.dtype)).astype(jnp.float32)
+
+    def ar_step(
+        self,
+        token: jax.Array,  # int32[B], the last level-1 id
+        position: jax.Array,  # int32[B], its rotary position
+        write_index: jax.Array,  # int32[B], its cache row
+        key_mask: jax.Array,  # bool[B, L], the cache rows it may attend to (itself included)
+        cache: LayerCache,
+    ) -> tuple[jax.Array, LayerCache]:
+        """One cached decoding step: float32[B, V + 1] logits of the next id, and the cache."""
+        x = self.embed_audio(token[:, None, None])  # [B, 1, D]
+        stage = jnp.zeros(token.shape, jnp.int32)
+        h, cache = self._stack(True)(
+            x, position[:, None], key_mask[:, None, :], stage, None, cache, write_index
+        )
+        return self.ar_project(h)[:, 0], cache
+
+    # -- NAR -----------------------------------------------------------------------------------
+    def nar_logits(self, text, text_len, codes, code_len, visible, level, task) -> jax.Array:
+        """float32[B, T, V]: logits of codebook `level` (1-based scalar >= 2, may be traced) for
+        every frame of codes[B, Q, T], embedding only the `visible` [B, Q, T] codes."""
+        num_text, num_frames = text.shape[1], codes.shape[2]
+        x = jnp.concatenate([self.embed_text(text, task), self.embed_audio(codes, visible)], axis=1)
+        pos = layout.positions(text_len, num_text, num_frames)
+        mask = layout.attention_mask(text_len, code_len, num_text, num_frames, causal=False)
+        valid = layout.key_valid(text_len, code_len, num_text, num_frames)
+        stage = jnp.full(text.shape[:1], level - 1, jnp.int32)
+        h, _ = self._stack(False)(x, pos, mask, stage, valid)
+        head = jax.lax.dynamic_index_in_dim(self.nar_heads, level - 2, keepdims=False)
+        h = h[:, num_text:]
+        return jnp.einsum("btd,dv->btv", h, head.astype(h.dtype)).astype(jnp.float32)
+
+    def __call__(self, text, text_len, codes, code_len, task):
+        """Touches every parameter (init): the AR logits and the level-2 NAR logits."""
+        audio_in, _, _ = layout.ar_audio(
+            codes[:, 0], code_len, self.cfg.bos_id, self.cfg.eos_id, self.cfg.pad_id
+        )
+        ar = self.ar_logits(text, text_len, audio_in, code_len + 1, task)
+        if self.cfg.num_codebooks < 2:
+            return ar, None
+        visible = layout.nar_levels_visible(
+            jnp.zeros_like(code_len), code_len, jnp.int32(2), codes.shape[1], codes.shape[2]
+        )
+        return ar, self.nar_logits(text, text_len, codes, code_len, visible, jnp.int32(2), task)
+
+
+def init_lm(cfg: LMConfig, key: jax.Array, dtype: Any = jnp.float32) -> dict:
+    """Boxed variables (with logical axis names) of a CodecLM for tiny dummy inputs."""
+    text = jnp.zeros((1, 4), jnp.int32)
+    codes = jnp.zeros((1, cfg.num_codebooks, 4), jnp.int32)
+    length = jnp.full((1,), 3, jnp.int32)
+    return CodecLM(cfg, dtype).init(key, text, length, codes, length, jnp.zeros((1,), jnp.int32))

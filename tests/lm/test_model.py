@@ -1,0 +1,289 @@
+"""CodecLM equivalences: cached decoding == full forward, lax loop == step-by-step reference loop,
+scanned == unrolled layers, remat == none; full-size presets by eval_shape."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nclm.decode.ar import ar_generate
+from nclm.decode.nar import nar_generate
+from nclm.decode.sampling import SamplingConfig, sample_tokens
+from nclm.lm import config as C
+from nclm.lm import layout
+from nclm.lm.model import CodecLM, init_lm
+from nclm.nn.transformer import init_cache, unstack_layers
+
+CFG = C.tiny(num_codebooks=3, codebook_size=16, text_vocab_size=20)
+
+
+def _params(cfg=CFG, seed=0):
+    return nn.meta.unbox(init_lm(cfg, jax.random.PRNGKey(seed)))["params"]
+
+
+def _text(lengths, width):
+    rng = np.random.default_rng(0)
+    text = np.zeros((len(lengths), width), np.int32)
+    for b, n in enumerate(lengths):
+        text[b, :n] = rng.integers(3, CFG.text_vocab_size, n)
+    return jnp.asarray(text), jnp.asarray(lengths, jnp.int32)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_cached_decoding_equals_full_forward(shared):
+    """Prefill + one cached step per token gives the logits of a full causal pass at every audio
+    slot, for two rows with different text and prompt lengths."""
+    cfg = dataclasses.replace(CFG, shared_backbone=shared)
+    params = _params(cfg)
+    model = CodecLM(cfg)
+    text, text_len = _text([5, 3], 6)
+    task = jnp.zeros((2,), jnp.int32)
+    prompt_len = jnp.asarray([2, 4], jnp.int32)
+    steps = 5
+    rng = np.random.default_rng(1)
+    codes = rng.integers(0, cfg.codebook_size, (2, 4 + steps)).astype(np.int32)
+    audio = np.concatenate([np.full((2, 1), cfg.bos_id), codes], axis=1)  # [BOS, c1, ...]
+    num_text, num_prompt = text.shape[1], 4
+    v = {"params": params}
+
+    size = num_text + 1 + num_prompt + steps
+    cache = init_cache(cfg.stack(False), 2, size)
+    prefill_in = np.where(
+        np.arange(1 + num_prompt) <= np.asarray(prompt_len)[:, None],
+        audio[:, : 1 + num_prompt],
+        cfg.pad_id,
+    )
+    h, cache = model.apply(
+        v,
+        text,
+        text_len,
+        jnp.asarray(prefill_in),
+        prompt_len + 1,
+        task,
+        cache,
+        jnp.zeros(2, jnp.int32),
+        method=CodecLM.ar_hidden,
+    )
+    cached = [model.apply(v, h[:, num_text:], method=CodecLM.ar_project)]
+    rows = np.arange(size)[None]
+    for k in range(steps):
+        # feed each row's next code (audio slot prompt_len + 1 + k) at its own buffer row
+        slot = np.asarray(prompt_len) + 1 + k
+        tok = jnp.asarray(audio[np.arange(2), slot])
+        write = jnp.asarray(num_text + slot, jnp.int32)
+        key_mask = (rows < np.asarray(text_len)[:, None]) | (
+            (rows >= num_text) & (rows <= np.asarray(write)[:, None])
+        )
+        logits, cache = model.apply(
+            v,
+            tok,
+            text_len + jnp.asarray(slot),
+            write,
+            jnp.asarray(key_mask),
+            cache,
+            method=CodecLM.ar_step,
+        )
+        cached.append(logits)
+
+    for b in range(2):  # the full pass over each row's own real sequence
+        n_audio = int(prompt_len[b]) + 1 + steps
+        full = model.apply(
+            v,
+            text[b : b + 1],
+            text_len[b : b + 1],
+            jnp.asarray(audio[b : b + 1, :n_audio]),
+            jnp.asarray([n_audio]),
+            task[:1],
+            method=CodecLM.ar_logits,
+        )[0]
+        p = int(prompt_len[b])
+        np.testing.assert_allclose(cached[0][b, : p + 1], full[: p + 1], atol=2e-5, rtol=1e-5)
+        for k in range(steps):
+            np.testing.assert_allclose(cached[k + 1][b], full[p + 1 + k], atol=2e-5, rtol=1e-5)
+
+
+def _reference_loop(params, cfg, text, text_len, prompt, prompt_len, key, max_new, sampling):
+    """Step by step, no cache: a full causal pass over each row's whole sequence per token; the
+    batch's logits are sampled together, as the loop does (a key draws a whole batch)."""
+    model = CodecLM(cfg)
+    batch = text.shape[0]
+    out = np.full((batch, max_new), cfg.eos_id, np.int32)
+    seqs = [[cfg.bos_id, *np.asarray(prompt[b, : prompt_len[b]]).tolist()] for b in range(batch)]
+    done = np.zeros(batch, bool)
+    for k in range(max_new):
+        logits = jnp.concatenate(
+            [
+                model.apply(
+                    {"params": params},
+                    text[b : b + 1],
+                    text_len[b : b + 1],
+                    jnp.asarray([seqs[b]], jnp.int32),
+                    jnp.asarray([len(seqs[b])]),
+                    jnp.zeros(1, jnp.int32),
+                    method=CodecLM.ar_logits,
+                )[:, -1]
+                for b in range(batch)
+            ]
+        )
+        key_k = jax.random.fold_in(key, k)
+        tok = np.asarray(
+            sample_tokens(key_k, logits, jnp.asarray(out), jnp.full(batch, k), sampling)
+        )
+        tok = np.where(done, cfg.eos_id, tok)
+        out[:, k] = tok
+        done |= tok == cfg.eos_id
+        for b in range(batch):
+            seqs[b].append(int(tok[b]))
+        if done.all():
+            break
+    return out
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [SamplingConfig(temperature=1.0, top_k=5), SamplingConfig(top_p=0.8, repetition_aware=True)],
+)
+def test_lax_loop_equals_reference_loop(sampling):
+    params = _params()
+    text, text_len = _text([6, 2, 4], 7)
+    prompt = jnp.asarray(np.random.default_rng(2).integers(0, CFG.codebook_size, (3, 5)), jnp.int32)
+    prompt_len = jnp.asarray([5, 0, 3], jnp.int32)
+    key = jax.random.PRNGKey(7)
+    codes, lengths = ar_generate(
+        params, text, text_len, prompt, prompt_len, key, cfg=CFG, max_new=8, sampling=sampling
+    )
+    ref = _reference_loop(params, CFG, text, text_len, prompt, prompt_len, key, 8, sampling)
+    np.testing.assert_array_equal(np.asarray(codes), ref)
+    for b in range(3):
+        eos = np.flatnonzero(ref[b] == CFG.eos_id)
+        assert int(lengths[b]) == (eos[0] if len(eos) else 8)
+    again, _ = ar_generate(
+        params, text, text_len, prompt, prompt_len, key, cfg=CFG, max_new=8, sampling=sampling
+    )
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(codes))  # seeded
+
+
+def test_nar_generate_matches_per_level_passes():
+    """nar_generate's packed layout equals separate greedy passes on each row alone."""
+    params = _params()
+    model = CodecLM(CFG)
+    text, text_len = _text([4, 6], 6)
+    rng = np.random.default_rng(3)
+    prompt = jnp.asarray(rng.integers(0, 16, (2, 3, 4)), jnp.int32)
+    prompt_len = jnp.asarray([2, 4], jnp.int32)
+    level1 = jnp.asarray(rng.integers(0, 16, (2, 5)), jnp.int32)
+    gen_len = jnp.asarray([5, 3], jnp.int32)
+    out = np.asarray(
+        nar_generate(
+            params,
+            text,
+            text_len,
+            prompt,
+            prompt_len,
+            level1,
+            gen_len,
+            jax.random.PRNGKey(0),
+            cfg=CFG,
+        )
+    )
+    for b in range(2):
+        p, g = int(prompt_len[b]), int(gen_len[b])
+        frames = np.zeros((1, 3, p + g), np.int32)
+        frames[0, :, :p] = prompt[b, :, :p]
+        frames[0, 0, p:] = level1[b, :g]
+        for level in (2, 3):
+            visible = layout.nar_levels_visible(
+                jnp.asarray([p]), jnp.asarray([p + g]), jnp.int32(level), 3, p + g
+            )
+            logits = model.apply(
+                {"params": params},
+                text[b : b + 1],
+                text_len[b : b + 1],
+                jnp.asarray(frames),
+                jnp.asarray([p + g]),
+                visible,
+                jnp.int32(level),
+                jnp.zeros(1, jnp.int32),
+                method=CodecLM.nar_logits,
+            )
+            frames[0, level - 1, p:] = np.asarray(jnp.argmax(logits[0, p:], -1))
+        np.testing.assert_array_equal(out[b, :, :g], frames[0, :, p:])
+        assert (out[b, :, g:] == 0).all()
+
+
+def _loss(cfg, params, batch):
+    model = CodecLM(cfg)
+    ar, nar = model.apply({"params": params}, *batch)
+    return jnp.mean(ar**2) + jnp.mean(nar**2)
+
+
+def _batch(cfg):
+    text, text_len = _text([5, 3], 6)
+    codes = jnp.asarray(
+        np.random.default_rng(4).integers(0, 16, (2, cfg.num_codebooks, 7)), jnp.int32
+    )
+    return text, text_len, codes, jnp.asarray([6, 4], jnp.int32), jnp.zeros(2, jnp.int32)
+
+
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_scanned_equals_unrolled_and_remat_equals_none(remat):
+    params = _params()
+    batch = _batch(CFG)
+    base_loss, base_grads = jax.value_and_grad(lambda p: _loss(CFG, p, batch))(params)
+    cfg = dataclasses.replace(CFG, scan_layers=False, remat=remat)
+    unrolled = dict(params, backbone=unstack_layers(params["backbone"]))
+    loss, grads = jax.value_and_grad(lambda p: _loss(cfg, p, batch))(unrolled)
+    np.testing.assert_allclose(loss, base_loss, rtol=1e-6)
+    np.testing.assert_allclose(
+        grads["backbone"]["layer_1"]["block"]["ffn_in"]["kernel"],
+        base_grads["backbone"]["layers"]["block"]["ffn_in"]["kernel"][1],
+        rtol=1e-5,
+        atol=1e-7,
+    )
+    scanned_remat = dataclasses.replace(CFG, remat=remat)
+    loss2, grads2 = jax.value_and_grad(lambda p: _loss(scanned_remat, p, batch))(params)
+    np.testing.assert_allclose(loss2, base_loss, rtol=1e-6)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads2, base_grads
+    )
+
+
+def test_valle_preset_eval_shape_and_logical_axes():
+    cfg = C.valle(text_vocab_size=128)
+    boxed = jax.eval_shape(lambda k: init_lm(cfg, k), jax.random.PRNGKey(0))
+    params = nn.meta.unbox(boxed)["params"]
+    assert params["backbone"]["layers"]["block"]["attn"]["query"]["kernel"].shape == (
+        12,
+        1024,
+        16,
+        64,
+    )
+    count = sum(x.size for x in jax.tree_util.tree_leaves(params))
+    # 12 layers x (4 D^2 attention + 2 D F FFN) = 151M, plus embeddings, heads and AdaLN tables
+    assert 155e6 < count < 175e6, count
+    conv_cfg = dataclasses.replace(cfg, shared_backbone=False, conv_kernel=31)
+    conv_boxed = jax.eval_shape(lambda k: init_lm(conv_cfg, k), jax.random.PRNGKey(0))
+    specs = nn.get_partition_spec(boxed)["params"]
+    conv_specs = nn.get_partition_spec(conv_boxed)["params"]
+    for spec in jax.tree_util.tree_leaves(
+        (specs, conv_specs), is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec)
+    ):
+        assert (
+            isinstance(spec, jax.sharding.PartitionSpec) and len(spec) > 0
+        )  # every parameter named
+    assert specs["backbone"]["layers"]["block"]["ffn_in"]["kernel"] == jax.sharding.PartitionSpec(
+        "layers", "embed", "mlp"
+    )
+
+
+def test_separate_stacks_live_in_one_tree():
+    cfg = dataclasses.replace(CFG, shared_backbone=False, conv_kernel=3)
+    params = _params(cfg)
+    assert {"ar_backbone", "nar_backbone", "audio_embed", "ar_head", "nar_heads"} <= set(params)
+    assert "conv" in params["nar_backbone"]["layers"]["block"]
+    assert "conv" not in params["ar_backbone"]["layers"]["block"]
+    with pytest.raises(ValueError, match="shared_backbone=False"):
+        dataclasses.replace(CFG, conv_kernel=3)
