@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -32,6 +33,27 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
     """Writes text (UTF-8) or bytes to `path` atomically."""
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def write_dir_atomic(path: str | os.PathLike, fill: Callable[[Path], None]) -> None:
+    """Builds a directory with `fill(tmp_dir)` in a temporary sibling and renames it onto `path`
+    (replacing an existing one), so a crash never leaves a half-written directory there."""
+    path = Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        fill(tmp)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _umask() -> int:

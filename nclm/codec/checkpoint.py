@@ -13,14 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from nclm.atomic import write_dir_atomic
 from nclm.codec.config import CodecConfig
 
 FORMAT = "nclm-codec"
@@ -49,8 +48,8 @@ def save_codec(
     path.parent.mkdir(parents=True, exist_ok=True)
     variables = jax.tree_util.tree_map(np.asarray, variables)
     cid = codec_id(cfg, variables)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / "variables", variables)
             ckptr.wait_until_finished()
@@ -62,17 +61,8 @@ def save_codec(
             **(extra or {}),
         }
         (tmp / "codec.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_dir_atomic(path, fill)
     return cid
 
 

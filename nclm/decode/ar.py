@@ -42,9 +42,11 @@ def ar_generate(
     max_new: int,
     sampling: SamplingConfig = DEFAULT_SAMPLING,
     dtype: Any = jnp.float32,
+    min_new: jax.Array | int = 0,
 ) -> tuple[jax.Array, jax.Array]:
     """-> (codes int32[B, max_new] padded with EOS, lengths int32[B]): level-1 codes generated
-    after each prompt until EOS or `max_new`."""
+    after each prompt until EOS or `max_new`. EOS is not allowed before `min_new` codes (a
+    minimum duration; benchmarks use it to time a fixed number of steps)."""
     model = CodecLM(cfg, dtype)
     batch, num_text, num_prompt = text.shape[0], text.shape[1], prompt.shape[1]
     task = jnp.zeros((batch,), jnp.int32) if task is None else task
@@ -70,6 +72,7 @@ def ar_generate(
     history = jnp.full((batch, max_new), eos, jnp.int32)
 
     def draw(step, logits, history):
+        logits = logits.at[:, eos].set(jnp.where(step < min_new, -jnp.inf, logits[:, eos]))
         tok = sample_tokens(
             jax.random.fold_in(key, step), logits, history, jnp.full((batch,), step), sampling
         )

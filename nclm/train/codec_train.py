@@ -9,14 +9,10 @@ uninterrupted run's losses exactly. SIGTERM/Ctrl-C save a checkpoint before exit
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import platform
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +31,7 @@ from nclm.codec.discriminators import DiscriminatorConfig, Discriminators
 from nclm.codec.experiment import codec_config_from
 from nclm.codec.model import Codec
 from nclm.codec.rvq_ema import kmeans_init
-from nclm.config import ConfigError, compute_dtype, save_config, to_dict
+from nclm.config import ConfigError, compute_dtype, save_config
 from nclm.data.audio_pipeline import make_iterator
 from nclm.data.manifest import read_manifest, resolve_audio
 from nclm.sharding import (
@@ -55,53 +51,11 @@ from nclm.train.codec_step import (
     make_codec_eval_step,
     make_codec_train_step,
 )
-from nclm.train.metrics import MetricWriter, read_metrics
+from nclm.train.metrics import MetricWriter
 from nclm.train.optim import make_optimizer
+from nclm.train.run_dir import check_workdir, truncate_metrics, write_run_info
 
 log = logging.getLogger("nclm.train")
-
-
-def _check_workdir(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
-    """A workdir holds one run: resuming with a different config is refused."""
-    saved = workdir / "config.json"
-    if saved.is_file():
-        before = json.loads(saved.read_text())
-        now = json.loads(json.dumps(to_dict(cfg), sort_keys=True))
-        if before != now:
-            diff = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-            raise ConfigError(
-                f"{workdir} holds a run with another config (differs in {diff}); "
-                f"resume with --config {saved} or use a new --workdir"
-            )
-
-
-def _write_run_info(workdir: Path) -> None:
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        rev = ""
-    import flax
-    import optax
-
-    info = {
-        "command": sys.argv,
-        "git_revision": rev,
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "flax": flax.__version__,
-        "optax": optax.__version__,
-        "devices": [str(d) for d in jax.devices()],
-        "process_count": jax.process_count(),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-    with (workdir / "runs.jsonl").open("a") as f:
-        f.write(json.dumps(info) + "\n")
 
 
 def segment_samples(cfg, codec_cfg) -> int:
@@ -136,11 +90,11 @@ def train_codec(
     workdir.mkdir(parents=True, exist_ok=True)
     codec_cfg = codec_config_from(cfg)
     DiscriminatorConfig.from_dict(cfg.discriminator.to_dict())  # fails early on a bad section
-    _check_workdir(cfg, workdir)
+    check_workdir(cfg, workdir)
     initialize_distributed()
     if jax.process_index() == 0:
         save_config(cfg, workdir / "config.json")
-        _write_run_info(workdir)
+        write_run_info(workdir)
 
     # ---- mesh ----------------------------------------------------------------------------------
     mesh = make_mesh(dict(cfg.mesh))
@@ -187,7 +141,7 @@ def train_codec(
         state, data_state = ckpt.restore(start, abstract_with_shardings(abstract, state_sh))
         if data_state is not None:
             train_iter.set_state(data_state)
-        _truncate_metrics(writer.path, start)
+        truncate_metrics(writer.path, start)
         log.info("resumed from step %d", start)
     else:
         start = 0
@@ -337,14 +291,6 @@ def build_codec_trainer(
     return CodecTrainer(
         codec, init, step, jax.jit(make_codec_eval_step(codec_cfg)), state_sh, abstract
     )
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drops log lines past the restored step (written before a crash), so the log stays one
-    consistent history."""
-    rows = read_metrics(path)
-    if rows and rows[-1]["step"] > step and jax.process_index() == 0:
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step))
 
 
 def _kmeans_init(

@@ -23,6 +23,42 @@ def make_optimizer(
     return optax.chain(*parts)
 
 
+DECAYED = ("kernel", "ar_head", "nar_heads")
+
+
+def make_lm_optimizer(
+    lr: float,
+    warmup_steps: int,
+    total_steps: int,
+    b1: float = 0.9,
+    b2: float = 0.98,
+    weight_decay: float = 0.01,
+    clip_norm: float = 1.0,
+) -> optax.GradientTransformation:
+    """AdamW with linear warm-up to `lr` then linear decay to 0 at `total_steps` (VALL-E),
+    global-norm clipping first, and weight decay on the projection matrices only (leaves named in
+    DECAYED: not on embeddings, biases or the norms' scale/shift tables)."""
+    warmup = max(1, min(warmup_steps, total_steps))
+    schedule = optax.join_schedules(
+        [
+            optax.linear_schedule(0.0, lr, warmup),
+            optax.linear_schedule(lr, 0.0, max(1, total_steps - warmup)),
+        ],
+        [warmup],
+    )
+
+    def decay_mask(params):
+        def named(path, _):  # the last dict key (boxed leaves end in a `.value` attribute)
+            keys = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+            return bool(keys) and keys[-1] in DECAYED
+
+        return jax.tree_util.tree_map_with_path(named, params)
+
+    parts = [optax.clip_by_global_norm(clip_norm)] if clip_norm > 0 else []
+    parts.append(optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay, mask=decay_mask))
+    return optax.chain(*parts)
+
+
 def global_norm(tree) -> jax.Array:
     """sqrt(sum of squares) over every leaf (optax.tree.norm where this optax has it; the older
     optax.global_norm is deprecated in new releases and the only one in old ones)."""

@@ -1,0 +1,35 @@
+"""The quickstart LM: a tiny VALL-E (AR + NAR, one shared backbone) on the tokens of the
+quickstart codec (8 x 256 codes at 50 Hz), sized to train in a few minutes on 2 CPU cores.
+
+    nclm tokens extract --codec runs/quickstart/codec_run/codec \
+        --manifest runs/quickstart/corpus/train.jsonl --out runs/quickstart/tokens/train
+    nclm train --config configs/lm/quickstart.py --workdir runs/quickstart/lm_run \
+        --config.data.train=runs/quickstart/tokens/train \
+        --config.data.valid=runs/quickstart/tokens/valid
+
+`quickstart.py:steps=N` sets the number of training steps.
+"""
+
+from nclm.lm import config as lm_configs
+from nclm.lm.experiment import lm_experiment
+
+
+def get_config(arg=None):
+    steps = 600
+    if arg:
+        key, _, value = arg.partition("=")
+        if key != "steps" or not value.isdigit():
+            raise ValueError(f"configs/lm/quickstart.py: arg must be steps=N, got {arg!r}")
+        steps = int(value)
+    lm = lm_configs.tiny(8, 256, text_vocab_size=0, num_layers=3, width=128, ffn=512)
+    cfg = lm_experiment(lm, tiny=True)
+    cfg.data.text_buckets = (64, 128)
+    cfg.data.frame_buckets = (128, 256)
+    cfg.data.max_tokens = 3072
+    cfg.optim.lr = 2e-3
+    cfg.optim.warmup_steps = 50
+    cfg.train.steps = steps
+    cfg.train.log_every = 25
+    cfg.train.eval_every = 300
+    cfg.train.checkpoint_every = 300
+    return cfg

@@ -1,0 +1,175 @@
+"""The CodecLM training step `(state, batch, rng) -> (state, metrics)` and its evaluation step.
+
+One step trains both VALL-E objectives on the same batch and the same parameter tree:
+  AR:  teacher forcing over [text | BOS, level-1 codes]; cross-entropy on every code and the EOS
+       (nclm.lm.layout.ar_audio);
+  NAR: one level j ~ U{2..Q} for the whole batch (as the VALL-E reference), a prefix prompt of
+       15-30 % of each utterance embedding all levels, cross-entropy on level j of the rest.
+  loss = ar_weight * CE_ar + nar_weight * CE_nar, each the mean over the batch's real tokens.
+Empty rows (code_len 0, the padding of a bucket's last batch) carry no weight. A step whose loss
+or gradients are not finite changes nothing and reports `nonfinite = 1`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from nclm.lm import layout
+from nclm.lm.config import LMConfig
+from nclm.lm.model import CodecLM
+from nclm.train.optim import all_finite, global_norm, keep_if_finite
+
+
+@flax.struct.dataclass
+class LMTrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def token_metrics(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> dict:
+    """Weighted mean cross-entropy and top-1/top-10 accuracy of logits[..., V] (float32) against
+    targets[...], plus the weight total (the number of tokens)."""
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    target_logp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    rank = jnp.sum(logp > target_logp[..., None], axis=-1)  # how many ids beat the target
+    total = jnp.maximum(weights.sum(), 1.0)
+    return {
+        "loss": -jnp.sum(target_logp * weights) / total,
+        "top1": jnp.sum((rank < 1) * weights) / total,
+        "top10": jnp.sum((rank < 10) * weights) / total,
+        "tokens": weights.sum(),
+    }
+
+
+def ar_terms(model: CodecLM, params, batch: dict, rngs: dict | None = None) -> dict:
+    cfg = model.cfg
+    code_len = batch["code_len"]
+    inputs, targets, weights = layout.ar_audio(
+        batch["codes"][:, 0], code_len, cfg.bos_id, cfg.eos_id, cfg.pad_id
+    )
+    weights = weights * (code_len > 0)[:, None]
+    task = jnp.zeros_like(code_len)
+    logits = model.apply(
+        {"params": params},
+        batch["text"],
+        batch["text_len"],
+        inputs,
+        code_len + 1,
+        task,
+        method=CodecLM.ar_logits,
+        rngs=rngs,
+    )
+    return token_metrics(logits, jnp.minimum(targets, cfg.eos_id), weights)
+
+
+def nar_terms(
+    model: CodecLM, params, batch: dict, level: jax.Array, prompt_len: jax.Array, rngs=None
+) -> dict:
+    """Metrics of the NAR pass predicting codebook `level` (1-based, >= 2) after `prompt_len`."""
+    codes, code_len = batch["codes"], batch["code_len"]
+    num_q, num_frames = codes.shape[1], codes.shape[2]
+    visible = layout.nar_levels_visible(prompt_len, code_len, level, num_q, num_frames)
+    logits = model.apply(
+        {"params": params},
+        batch["text"],
+        batch["text_len"],
+        codes,
+        code_len,
+        visible,
+        level,
+        jnp.zeros_like(code_len),
+        method=CodecLM.nar_logits,
+        rngs=rngs,
+    )
+    targets = jax.lax.dynamic_index_in_dim(codes, level - 1, axis=1, keepdims=False)
+    weights = layout.nar_loss_weights(prompt_len, code_len, num_frames)
+    return token_metrics(logits, targets, weights)
+
+
+def make_lm_train_step(
+    cfg: LMConfig, objective: dict, tx: optax.GradientTransformation, dtype: Any = jnp.float32
+) -> Callable:
+    model = CodecLM(cfg, dtype, deterministic=False)
+    ar_w, nar_w = float(objective["ar_weight"]), float(objective["nar_weight"])
+    use_nar = cfg.num_codebooks > 1 and nar_w > 0
+    if ar_w <= 0 and not use_nar:
+        raise ValueError("objective: ar_weight and nar_weight are both 0; nothing to train")
+
+    def step(state: LMTrainState, batch: dict, rng: jax.Array):
+        rng = jax.random.fold_in(rng, state.step)
+        k_ar, k_nar, k_level, k_prompt = jax.random.split(rng, 4)
+
+        def loss_fn(params):
+            terms, total = {}, 0.0
+            if ar_w > 0:
+                terms["ar"] = ar_terms(model, params, batch, {"dropout": k_ar})
+                total = total + ar_w * terms["ar"]["loss"]
+            if use_nar:
+                level = jax.random.randint(k_level, (), 2, cfg.num_codebooks + 1)
+                prompt_len = layout.sample_prompt_len(
+                    k_prompt,
+                    batch["code_len"],
+                    objective["prompt_low"],
+                    objective["prompt_high"],
+                    objective["prompt_cap"],
+                )
+                terms["nar"] = nar_terms(
+                    model, params, batch, level, prompt_len, {"dropout": k_nar}
+                )
+                terms["nar"]["level"] = level.astype(jnp.float32)
+                total = total + nar_w * terms["nar"]["loss"]
+            return total, terms
+
+        (total, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        finite = all_finite(grads, total)
+        new = keep_if_finite(
+            finite,
+            LMTrainState(state.step + 1, params, opt_state),
+            state.replace(step=state.step + 1),
+        )
+        metrics = {
+            "loss/total": total,
+            "grad_norm": global_norm(grads),
+            "nonfinite": 1.0 - finite.astype(jnp.float32),
+        }
+        for name, t in terms.items():
+            metrics.update({f"{name}/{k}": v for k, v in t.items()})
+        return new, metrics
+
+    return step
+
+
+def make_lm_eval_step(cfg: LMConfig, objective: dict, dtype: Any = jnp.float32) -> Callable:
+    """(params, batch) -> sums for validation: AR metrics and, for every level 2..Q, the NAR
+    metrics with a fixed prompt of `prompt_eval` of each utterance. Values are weighted by their
+    token counts so batches combine exactly (divide by `<name>/tokens`)."""
+    model = CodecLM(cfg, dtype)
+
+    def eval_step(params, batch):
+        out = {}
+
+        def add(name, t):
+            out.update({f"{name}/{k}": t[k] * t["tokens"] for k in ("loss", "top1", "top10")})
+            out[f"{name}/tokens"] = t["tokens"]
+
+        add("ar", ar_terms(model, params, batch))
+        code_len = batch["code_len"]
+        prompt_len = jnp.clip(
+            jnp.floor(objective["prompt_eval"] * code_len).astype(jnp.int32),
+            0,
+            jnp.maximum(code_len - 1, 0),
+        )
+        for level in range(2, cfg.num_codebooks + 1):
+            add(f"nar_{level}", nar_terms(model, params, batch, jnp.int32(level), prompt_len))
+        return out
+
+    return eval_step

@@ -1,0 +1,266 @@
+"""CodecLM training, as one linear function: run dir, mesh, data, model, shardings, restore, loop,
+export.
+
+    nclm train --config configs/lm/valle.py --workdir runs/valle \
+        --config.data.train=tokens/train --config.data.valid=tokens/valid
+
+Restarting the same command resumes (parameters, optimizer, step, data iterator position) and
+reproduces the uninterrupted run's losses. The finished run exports `WORKDIR/lm` for `nclm tts`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from nclm.config import ConfigError, compute_dtype, save_config
+from nclm.data.token_pipeline import make_eval_batches, make_token_iterator
+from nclm.data.tokens import INDEX
+from nclm.lm.checkpoint import save_lm
+from nclm.lm.config import LMConfig
+from nclm.lm.experiment import lm_config_from
+from nclm.lm.model import init_lm
+from nclm.sharding import (
+    batch_sharding,
+    batch_shards,
+    global_batch_array,
+    initialize_distributed,
+    make_mesh,
+    replicated,
+    tree_shardings,
+)
+from nclm.text.symbols import SymbolTable
+from nclm.train.checkpoint import RunCheckpointer, abstract_with_shardings
+from nclm.train.lm_step import LMTrainState, make_lm_eval_step, make_lm_train_step
+from nclm.train.metrics import MetricWriter
+from nclm.train.optim import make_lm_optimizer
+from nclm.train.run_dir import check_workdir, truncate_metrics, write_run_info
+
+log = logging.getLogger("nclm.train")
+BATCH_KEYS = ("text", "text_len", "codes", "code_len")
+
+
+def _read_index(tokens_dir: str, option: str) -> dict:
+    path = Path(tokens_dir) / INDEX
+    if not tokens_dir or not path.is_file():
+        raise ConfigError(f"{option}={tokens_dir!r}: not a token directory (no {INDEX})")
+    return json.loads(path.read_text())
+
+
+def _check_tokens(lm: LMConfig, index: dict, option: str) -> None:
+    if (index["num_codebooks"], index["codebook_size"]) != (lm.num_codebooks, lm.codebook_size):
+        raise ConfigError(
+            f"{option}: tokens have {index['num_codebooks']} x {index['codebook_size']} codes, the "
+            f"LM expects {lm.num_codebooks} x {lm.codebook_size} (--config.lm.num_codebooks / "
+            "--config.lm.codebook_size)"
+        )
+
+
+def _global_batch(local: dict, mesh, rules) -> dict:
+    return {k: global_batch_array(np.asarray(local[k], np.int32), mesh, rules) for k in BATCH_KEYS}
+
+
+def train_lm(
+    cfg: ml_collections.ConfigDict,
+    workdir: str | os.PathLike,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Trains (or resumes) the LM run in `workdir`; returns the last logged metrics."""
+    # ---- run directory -------------------------------------------------------------------------
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    index = _read_index(cfg.data.train, "--config.data.train")
+    symbols = SymbolTable.load(Path(cfg.data.train) / index["symbols"])
+    lm_cfg = lm_config_from(cfg, len(symbols))
+    _check_tokens(lm_cfg, index, "--config.data.train")
+    if cfg.data.valid:
+        _check_tokens(lm_cfg, _read_index(cfg.data.valid, "--config.data.valid"), "valid")
+    check_workdir(cfg, workdir)
+    initialize_distributed()
+    if jax.process_index() == 0:
+        save_config(cfg, workdir / "config.json")
+        write_run_info(workdir)
+
+    # ---- mesh, data ----------------------------------------------------------------------------
+    mesh = make_mesh(dict(cfg.mesh))
+    rules = tuple(tuple(r) for r in cfg.sharding_rules)
+    d = cfg.data
+    buckets = dict(
+        text_buckets=tuple(d.text_buckets),
+        frame_buckets=tuple(d.frame_buckets),
+        max_tokens=d.max_tokens,
+        row_multiple=batch_shards(mesh, rules),
+    )
+    train_iter = make_token_iterator(d.train, seed=cfg.seed, **buckets)
+    eval_batches = (
+        [_global_batch(b, mesh, rules) for b in make_eval_batches(d.valid, **buckets)][
+            : d.eval_batches
+        ]
+        if d.valid
+        else []
+    )
+
+    # ---- model, optimizer, shardings, restore --------------------------------------------------
+    trainer = build_lm_trainer(cfg, lm_cfg, mesh)
+    ckpt = RunCheckpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
+    writer = MetricWriter(workdir)
+    start = ckpt.latest_step()
+    if start is not None:
+        abstract = abstract_with_shardings(trainer.abstract_state, trainer.state_shardings)
+        state, data_state = ckpt.restore(start, abstract)
+        if data_state is not None:
+            train_iter.set_state(data_state)
+        truncate_metrics(writer.path, start)
+        log.info("resumed from step %d", start)
+    else:
+        start = 0
+        state = trainer.init(jax.random.PRNGKey(cfg.seed))
+
+    # ---- loop ----------------------------------------------------------------------------------
+    step_key = jax.random.PRNGKey(cfg.seed + 2)
+    steps = cfg.train.steps
+    end = steps if stop_after is None else min(steps, start + stop_after)
+    stop = {"signal": None}
+    old_handlers = {
+        s: signal.signal(s, lambda signum, _f: stop.update(signal=signum))
+        for s in (signal.SIGTERM, signal.SIGINT)
+    }
+    last, step = {}, start
+    timer = {"start": time.perf_counter(), "step": start, "tokens": 0.0}
+    bar = tqdm(
+        total=steps,
+        initial=start,
+        disable=not progress or jax.process_index() != 0,
+        desc=f"train lm {lm_cfg.name}",
+        dynamic_ncols=True,
+    )
+    try:
+        while step < end and stop["signal"] is None:
+            local = next(train_iter)
+            state, metrics = trainer.step(state, _global_batch(local, mesh, rules), step_key)
+            step += 1
+            bar.update(1)
+            timer["tokens"] += float(np.sum(local["code_len"]) + np.sum(local["text_len"]))
+            if step % cfg.train.log_every == 0 or step == end:
+                metrics = jax.device_get(metrics)
+                seconds = time.perf_counter() - timer["start"]
+                metrics["perf/step_seconds"] = seconds / (step - timer["step"])
+                # real (unpadded) text + frame positions per second, this host's rows
+                metrics["perf/tokens_per_second"] = timer["tokens"] / seconds
+                last = writer.scalars(step, metrics)
+                timer.update(start=time.perf_counter(), step=step, tokens=0.0)
+                bar.set_postfix(
+                    ar=f"{last.get('ar/loss', 0):.3f}", nar=f"{last.get('nar/loss', 0):.3f}"
+                )
+                if last["nonfinite"]:
+                    log.warning("step %d: non-finite loss or gradient; the step was skipped", step)
+            if eval_batches and (step % cfg.train.eval_every == 0 or step == steps):
+                last.update(writer.scalars(step, _evaluate(trainer.eval, state, eval_batches)))
+            if step % cfg.train.checkpoint_every == 0 or step == end:
+                ckpt.save(step, state, train_iter.get_state(), force=True)
+            if timer["step"] == step:  # evaluation and checkpoints are not training time
+                timer["start"] = time.perf_counter()
+        if stop["signal"] is not None and step > start:
+            log.warning("signal %s: saving a checkpoint at step %d", stop["signal"], step)
+            ckpt.save(step, state, train_iter.get_state(), force=True)
+    finally:
+        bar.close()
+        ckpt.close()
+        writer.close()
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+
+    # ---- export --------------------------------------------------------------------------------
+    if step >= steps and jax.process_index() == 0:
+        codec = {
+            k: index[k]
+            for k in ("codec_id", "sample_rate", "frame_rate", "num_codebooks", "codebook_size")
+        }
+        save_lm(
+            workdir / "lm",
+            lm_cfg,
+            jax.device_get(state.params),
+            symbols,
+            codec,
+            extra={
+                "trained_steps": int(step),
+                "max_text_tokens": max(d.text_buckets),
+                "max_audio_frames": max(d.frame_buckets) - 1,
+                "workdir": str(workdir.absolute()),
+            },
+        )
+    if stop["signal"] is not None:
+        raise KeyboardInterrupt(f"stopped by signal {stop['signal']} at step {step}")
+    return last
+
+
+def _evaluate(eval_fn: Callable, state: LMTrainState, batches: list[dict]) -> dict:
+    """Token-weighted validation metrics over the fixed batches, under eval/."""
+    sums: dict[str, float] = {}
+    for batch in batches:
+        for k, v in jax.device_get(eval_fn(state.params, batch)).items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    out = {}
+    for k, v in sums.items():
+        name, metric = k.rsplit("/", 1)
+        if metric != "tokens":
+            out[f"eval/{name}/{metric}"] = v / max(sums[f"{name}/tokens"], 1.0)
+    return out
+
+
+class LMTrainer(NamedTuple):
+    lm_cfg: LMConfig
+    init: Callable  # key -> state on the mesh
+    step: Callable  # (state, batch, key) -> (state, metrics)
+    eval: Callable  # (params, batch) -> token-weighted sums
+    state_shardings: Any
+    abstract_state: Any
+
+
+def build_lm_trainer(cfg: ml_collections.ConfigDict, lm_cfg: LMConfig, mesh) -> LMTrainer:
+    rules = tuple(tuple(r) for r in cfg.sharding_rules)
+    dtype = compute_dtype(cfg.train.compute_dtype, "--config.train.compute_dtype")
+    o = cfg.optim
+    tx = make_lm_optimizer(
+        o.lr, o.warmup_steps, cfg.train.steps, o.b1, o.b2, o.weight_decay, o.clip_norm
+    )
+    objective = cfg.objective.to_dict()
+
+    def init_state(key):
+        params = init_lm(lm_cfg, key)["params"]
+        return LMTrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+
+    boxed = jax.eval_shape(init_state, jax.random.PRNGKey(0))
+    abstract = nn.meta.unbox(boxed)
+    state_sh = tree_shardings(nn.get_partition_spec(boxed), abstract, mesh, rules)
+    batch_sh = {
+        k: batch_sharding(mesh, 3 if k == "codes" else (2 if k == "text" else 1), rules)
+        for k in BATCH_KEYS
+    }
+    init = jax.jit(lambda k: nn.meta.unbox(init_state(k)), out_shardings=state_sh)
+    step = jax.jit(
+        make_lm_train_step(lm_cfg, objective, tx, dtype),
+        in_shardings=(state_sh, batch_sh, replicated(mesh)),
+        out_shardings=(state_sh, replicated(mesh)),
+        donate_argnums=0,
+    )
+    eval_step = jax.jit(
+        make_lm_eval_step(lm_cfg, objective, dtype),
+        in_shardings=(state_sh.params, batch_sh),
+        out_shardings=replicated(mesh),
+    )
+    return LMTrainer(lm_cfg, init, step, eval_step, state_sh, abstract)
