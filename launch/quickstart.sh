@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# The README's main job on a fresh machine, end to end on the CPU (about 15 minutes on 2 cores):
+# The README's main job on a fresh machine, end to end on the CPU (about 20 minutes on 2 cores):
 #   1. set up (.venv, espeak-ng), 2. synthesize a small multi-speaker corpus, split by speaker,
 #   3. train a small DAC-style codec, 4. evaluate it on the held-out test speakers,
-#   5. encode and decode a held-out utterance, printing the codes' shape and bitrate.
+#   5. encode and decode a held-out utterance, printing the codes' shape and bitrate,
+#   6. extract the corpus's codec tokens and phonemes, 7. train a tiny VALL-E (AR + NAR),
+#   8. synthesize a sentence in a held-out speaker's voice (zero-shot TTS from a prompt).
 # Everything lands in runs/quickstart/ (or $1). Re-running resumes training where it stopped.
-# QUICKSTART_STEPS overrides the number of training steps (default 500).
+# QUICKSTART_STEPS / QUICKSTART_LM_STEPS override the training steps (default 500 / 400).
 set -euo pipefail
 source "$(dirname "$0")/setup.sh"
 run=${1:-runs/quickstart}
 steps=${QUICKSTART_STEPS:-500}
+lm_steps=${QUICKSTART_LM_STEPS:-400}
 mkdir -p "$run"
 
 if [ ! -f "$run/corpus/test.jsonl" ]; then
@@ -28,6 +31,7 @@ nclm codec encode --codec "$run/codec_run/codec" "$clip" "$run/codes.npz"
 nclm codec decode --codec "$run/codec_run/codec" "$run/codes.npz" "$run/decoded.wav"
 cp "$clip" "$run/reference.wav"
 python - "$run" <<'PY'
+# codec summary
 import json, sys
 import numpy as np
 run = sys.argv[1]
@@ -40,4 +44,34 @@ print("held-out speakers: " + ", ".join(
     f"{k} {v['mean']:.3f}" for k, v in report["metrics"].items() if v["mean"] is not None))
 print(f"run: {run}/codec_run (checkpoints, metrics.jsonl, tensorboard/), "
       f"{run}/eval (metrics.json, codebook_usage.png), {run}/decoded.wav vs {run}/reference.wav")
+PY
+
+# ---- the codec language model -------------------------------------------------------------------
+codec="$run/codec_run/codec"
+nclm tokens extract --codec "$codec" --manifest "$run/corpus/train.jsonl" --out "$run/tokens/train"
+for split in valid test; do  # held-out splits reuse the training split's symbol table
+  nclm tokens extract --codec "$codec" --manifest "$run/corpus/$split.jsonl" \
+    --out "$run/tokens/$split" --symbols "$run/tokens/train/symbols.json"
+done
+
+nclm train --config "configs/lm/quickstart.py:steps=$lm_steps" --workdir "$run/lm_run" \
+  --config.data.train="$run/tokens/train" --config.data.valid="$run/tokens/valid"
+
+# zero-shot TTS: the voice prompt is a held-out test speaker's utterance and its transcript
+prompt_text=$(python -c "import json,sys; print(json.loads(open(sys.argv[1]).readline())['text'])" \
+  "$run/corpus/test.jsonl")
+nclm tts --lm "$run/lm_run/lm" --codec "$codec" --prompt "$clip" --prompt-text "$prompt_text" \
+  --text "The quick brown fox jumps over the lazy dog." --out "$run/tts.wav" --seed 0
+python - "$run" <<'PY'
+# LM summary
+import json, sys
+run = sys.argv[1]
+rows = [json.loads(line) for line in open(f"{run}/lm_run/metrics.jsonl")]
+ev = [r for r in rows if "eval/ar/loss" in r][-1]
+levels = sorted({k.split("/")[1] for k in ev if k.startswith("eval/nar_")})
+print(f"LM validation (held-out speakers) at step {ev['step']}: AR loss {ev['eval/ar/loss']:.3f} "
+      f"top-1 {ev['eval/ar/top1']:.3f}; NAR top-1 " + ", ".join(
+          f"{lvl[4:]}: {ev[f'eval/{lvl}/top1']:.3f}" for lvl in levels))
+print(f"run: {run}/lm_run (checkpoints, metrics.jsonl, lm/), {run}/tts.wav "
+      f"(prompt: {run}/reference.wav)")
 PY

@@ -4,7 +4,8 @@
     nclm data manifest|synth ...                            (nclm/data/cli.py)
     nclm tokens extract ...                                 (nclm/data/tokens_cli.py)
     nclm train --config FILE.py[:ARG] --workdir DIR [--config.key=value ...]
-    nclm bench codec ...                                    (nclm/bench/codec.py)
+    nclm tts --lm DIR --codec DIR --text ... --prompt WAV ...  (nclm/lm/cli.py)
+    nclm bench codec|codec-train|lm-decode ...               (nclm/bench/)
 
 Each command group is a function that registers its subcommands (`_COMMAND_GROUPS`); each
 subcommand sets the defaults `func(args, overrides)` and `command_parser` (for usage errors), and
@@ -123,8 +124,18 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> None:
             print(f"nclm: {e}; run the same command to resume", file=sys.stderr)
             sys.exit(130)
         return
+    if "lm" in cfg and "objective" in cfg:
+        from nclm.train.lm_train import train_lm
+
+        try:
+            train_lm(cfg, args.workdir, progress=not args.no_progress)
+        except KeyboardInterrupt as e:
+            print(f"nclm: {e}; run the same command to resume", file=sys.stderr)
+            sys.exit(130)
+        return
     raise ValueError(
-        f"--config {args.config}: not a training experiment (no codec/discriminator sections)"
+        f"--config {args.config}: not a training experiment (no codec/discriminator or "
+        "lm/objective sections)"
     )
 
 
@@ -151,12 +162,26 @@ def _bench_commands(groups: argparse._SubParsersAction) -> None:
         accepts_overrides=True,
     )
 
+    from nclm.bench import lm_decode as lm_decode_bench
+
+    p = sub.add_parser("lm-decode", help="codec LM decoding speed: AR steps/s, NAR passes/s")
+    lm_decode_bench.add_arguments(p)
+    p.set_defaults(func=lambda args, _: lm_decode_bench.run(args), command_parser=p)
+
 
 def _command_groups():
     from nclm.codec.cli import register as codec_commands
     from nclm.data.tokens_cli import register as tokens_commands
+    from nclm.lm.cli import register as tts_commands
 
-    return (codec_commands, _data_commands, tokens_commands, _train_command, _bench_commands)
+    return (
+        codec_commands,
+        _data_commands,
+        tokens_commands,
+        _train_command,
+        tts_commands,
+        _bench_commands,
+    )
 
 
 if __name__ == "__main__":

@@ -68,3 +68,24 @@ def test_bench_codec_train_runs_the_configs_step(tmp_path):
         8 * 0.4 / result["step_seconds_median"]
     )
     assert json.loads(out.read_text())["command"].endswith(" ".join(overrides))
+
+
+def test_bench_lm_decode_tiny(tmp_path, capsys):
+    """Every row runs all --steps (min_new = max_new); a table and one JSON line are printed."""
+    from nclm.bench import lm_decode
+
+    parser = argparse.ArgumentParser()
+    lm_decode.add_arguments(parser)
+    out = tmp_path / "lm.json"
+    args = parser.parse_args(
+        "--preset tiny --batch 2 --context 16 --steps 8 --repeats 1".split() + ["--json", str(out)]
+    )
+    result = lm_decode.run(args)
+    assert [r["batch"] for r in result["results"]] == [2]
+    for r in result["results"]:
+        assert r["text"] + r["prompt"] == 16 and r["ar_compile_s"] > 0
+        assert r["ar_steps_per_s"] == pytest.approx(8 / r["ar_call_s"])
+        assert r["nar_passes_per_s"] == pytest.approx(3 / r["nar_call_s"])  # tiny: Q = 4
+    json_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(json_line)["command"] == result["command"]
+    assert json.loads(out.read_text())["results"] == result["results"]

@@ -15,7 +15,7 @@ from nclm.lm.experiment import lm_experiment
 
 
 def get_config(arg=None):
-    steps = 600
+    steps = 400
     if arg:
         key, _, value = arg.partition("=")
         if key != "steps" or not value.isdigit():
@@ -23,8 +23,8 @@ def get_config(arg=None):
         steps = int(value)
     lm = lm_configs.tiny(8, 256, text_vocab_size=0, num_layers=3, width=128, ffn=512)
     cfg = lm_experiment(lm, tiny=True)
-    cfg.data.text_buckets = (64, 128)
-    cfg.data.frame_buckets = (128, 256)
+    cfg.data.text_buckets = (48, 96)  # the synthetic corpus: 25-90 phonemes, 60-260 frames
+    cfg.data.frame_buckets = (160, 272)
     cfg.data.max_tokens = 3072
     cfg.optim.lr = 2e-3
     cfg.optim.warmup_steps = 50

@@ -217,7 +217,8 @@ def _text_ids(manifest, lines, texts, symbols, kind, language, progress):
         for start in range(0, len(texts), _PHONEMIZE_CHUNK):
             tokens += front.tokens_batch(texts[start : start + _PHONEMIZE_CHUNK])
             bar.update(min(_PHONEMIZE_CHUNK, len(texts) - start))
-    table = table or SymbolTable.build(tokens, front)
+    # the corpus's symbols plus the language's coverage list (phonemes only held-out text uses)
+    table = table or SymbolTable.build([*tokens, front.coverage_tokens()], front)
     ids = []
     for (n, record), toks in zip(lines, tokens):
         where = f"{manifest}:{n} ({record['text']!r})"

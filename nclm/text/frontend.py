@@ -32,6 +32,19 @@ logger = logging.getLogger(__name__)
 
 KINDS = ("phonemes", "graphemes")
 WORD = " "  # word-boundary token of both kinds
+
+# English words that between them use every phoneme espeak-ng's English voices emit (vowels,
+# diphthongs, r-coloured vowels, syllabic consonants, stress marks) and every letter and common
+# punctuation mark. A symbol table built from a small corpus plus these knows the phonemes that
+# only held-out text happens to use (their embeddings are simply untrained).
+COVERAGE_TEXT = (
+    "bit beat bet bat but about father bird hot bought book boot bay buy boy bough boat bear "
+    "beer car cure tour poor fire hour or our air ear sure hurt sitter button bottle rhythm "
+    "anemone the thin this ship measure church judge sing yes we what which hat loch quick "
+    "zoo vex jump fox lazy dog garden kitten ought year noisy water better little three "
+    'eleven twelve, twenty: (one) two; three? four! five\'s "six" seven-eight. '
+    "abcdefghijklmnopqrstuvwxyz 0123456789"
+)
 STRESS = ("ˈ", "ˌ")  # primary, secondary stress (IPA)
 _PHONE_SEP, _WORD_SEP = " ", " | "  # what phonemizer is asked to put between phones and words
 _INSTALL = "install the espeak-ng package (apt/brew install espeak-ng) or use graphemes"
@@ -68,6 +81,12 @@ class TextFrontend:
 
     def tokens(self, text: str) -> list[str]:
         return self.tokens_batch([text])[0]
+
+    def coverage_tokens(self) -> list[str]:
+        """Tokens of COVERAGE_TEXT for English, [] for other languages (no such list yet)."""
+        if not self.language.startswith("en"):
+            return []
+        return self.tokens(COVERAGE_TEXT)
 
     def tokens_batch(self, texts: Sequence[str]) -> list[list[str]]:
         """One token list per text; phonemes come from a single phonemizer call."""

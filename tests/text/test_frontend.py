@@ -87,3 +87,15 @@ def test_auto_picks_phonemes_and_bad_settings_fail():
         make_frontend("phonemes", "xx-nowhere")
     with pytest.raises(FrontendError, match="kind 'letters'"):
         TextFrontend("letters")
+
+
+@needs_espeak
+def test_english_coverage_list_holds_the_phonemes_of_unseen_words():
+    """Tables include COVERAGE_TEXT's tokens, so held-out words bring no unknown phonemes."""
+    covered = set(make_frontend("phonemes").coverage_tokens())
+    unseen = "Joyful voices measure the azure leisure of a thousand yachts and ninety judges."
+    assert set(make_frontend("phonemes").tokens(unseen)) <= covered
+    assert set(TextFrontend("graphemes").tokens(unseen)) <= set(
+        TextFrontend("graphemes").coverage_tokens()
+    )
+    assert TextFrontend("graphemes", "de").coverage_tokens() == []

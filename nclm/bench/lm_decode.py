@@ -1,0 +1,181 @@
+"""`nclm bench lm-decode`: codec LM decoding speed on random weights of a preset.
+
+    nclm bench lm-decode --preset valle --batch 1 64 --context 384 --steps 256 [--dtype bfloat16]
+    nclm bench lm-decode --preset tiny --context 32 --steps 16 --repeats 2      # CPU, seconds
+
+AR: the jitted `ar_generate` with min_new = max_new = --steps, so every row runs every step (a
+random model would otherwise stop at a random EOS). One call is a prefill over the context and
+--steps cached steps; the cache holds context + 1 + steps rows. The context is text + prompt
+tokens, split as in VALL-E inference: a quarter text (transcript and target phonemes), the rest
+prompt frames. steps/s = steps / call time (per sequence, prefill included); tokens/s = batch x
+steps/s.
+NAR: the jitted `nar_generate` on the same text and prompt plus --steps generated frames: Q - 1
+bidirectional passes per call over context + steps slots; passes/s and frames/s (batch x steps x
+(Q - 1) / call time).
+
+Each program is compiled ahead of time (`.lower().compile()`, timed separately), run once to warm
+up, then timed --repeats times to `block_until_ready`; figures are medians. Parameters stay
+float32 (as `nclm tts` keeps them); --dtype is the compute dtype.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", choices=["tiny", "small", "valle"], default="tiny")
+    parser.add_argument(
+        "--batch", type=int, nargs="+", default=[1, 64], metavar="B", help="batch sizes (1 64)"
+    )
+    parser.add_argument(
+        "--context", type=int, default=256, help="text + prompt tokens before decoding (256)"
+    )
+    parser.add_argument("--steps", type=int, default=128, help="AR steps / NAR frames (128)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per setting (3)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", metavar="OUT", help="also write the results to this JSON file")
+
+
+def _command(args: argparse.Namespace) -> str:
+    return (
+        f"nclm bench lm-decode --preset {args.preset} --batch {' '.join(map(str, args.batch))} "
+        f"--context {args.context} --steps {args.steps} --repeats {args.repeats} "
+        f"--dtype {args.dtype}"
+    )
+
+
+def _timed(compiled: Callable, call_args: tuple, call_kwargs: dict, repeats: int) -> list[float]:
+    import jax
+
+    jax.block_until_ready(compiled(*call_args, **call_kwargs))  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(*call_args, **call_kwargs))
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _compile(fn, args: tuple, kwargs: dict, static: dict) -> tuple[Callable, float]:
+    start = time.perf_counter()
+    compiled = fn.lower(*args, **kwargs, **static).compile()
+    return compiled, time.perf_counter() - start
+
+
+def _setting(cfg, params, batch: int, args: argparse.Namespace, dtype) -> dict:
+    """AR and NAR timings at one batch size."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from nclm.decode.ar import ar_generate
+    from nclm.decode.nar import nar_generate
+
+    rng = np.random.default_rng(args.seed + batch)
+    num_text = max(1, args.context // 4)
+    num_prompt = max(1, args.context - num_text)
+    text = jnp.asarray(rng.integers(3, cfg.text_vocab_size, (batch, num_text)), jnp.int32)
+    prompt = rng.integers(0, cfg.codebook_size, (batch, cfg.num_codebooks, num_prompt))
+    prompt = jnp.asarray(prompt, jnp.int32)
+    text_len = jnp.full((batch,), num_text, jnp.int32)
+    prompt_len = jnp.full((batch,), num_prompt, jnp.int32)
+    key = jax.random.PRNGKey(args.seed)
+    static = {"cfg": cfg, "dtype": dtype}
+    row = {"batch": batch, "text": num_text, "prompt": num_prompt, "steps": args.steps}
+
+    ar_args = (params, text, text_len, prompt[:, 0], prompt_len, key)
+    ar_kwargs = {"min_new": jnp.int32(args.steps)}
+    compiled, row["ar_compile_s"] = _compile(
+        ar_generate, ar_args, ar_kwargs, {**static, "max_new": args.steps}
+    )
+    times = _timed(compiled, ar_args, ar_kwargs, args.repeats)
+    row["ar_call_s"] = statistics.median(times)
+    row["ar_steps_per_s"] = args.steps / row["ar_call_s"]
+    row["ar_tokens_per_s"] = batch * row["ar_steps_per_s"]
+
+    passes = cfg.num_codebooks - 1
+    if passes:
+        level1 = jnp.asarray(rng.integers(0, cfg.codebook_size, (batch, args.steps)), jnp.int32)
+        gen_len = jnp.full((batch,), args.steps, jnp.int32)
+        nar_args = (params, text, text_len, prompt, prompt_len, level1, gen_len, key)
+        compiled, row["nar_compile_s"] = _compile(nar_generate, nar_args, {}, static)
+        row["nar_call_s"] = statistics.median(_timed(compiled, nar_args, {}, args.repeats))
+        row["nar_passes_per_s"] = passes / row["nar_call_s"]
+        row["nar_frames_per_s"] = batch * args.steps * passes / row["nar_call_s"]
+    return row
+
+
+def _table(rows: list[dict]) -> str:
+    out = [
+        f"{'batch':>5} {'context':>7} {'steps':>5} | {'AR compile s':>12} {'call s':>8} "
+        f"{'steps/s':>8} {'tokens/s':>9} | {'NAR compile s':>13} {'call s':>8} "
+        f"{'passes/s':>8} {'frames/s':>9}"
+    ]
+    for r in rows:
+        nar = (
+            f"{r['nar_compile_s']:>13.2f} {r['nar_call_s']:>8.4f} {r['nar_passes_per_s']:>8.1f} "
+            f"{r['nar_frames_per_s']:>9.0f}"
+            if "nar_call_s" in r
+            else f"{'n/a (Q = 1)':>13}"
+        )
+        out.append(
+            f"{r['batch']:>5} {r['text'] + r['prompt']:>7} {r['steps']:>5} | "
+            f"{r['ar_compile_s']:>12.2f} {r['ar_call_s']:>8.4f} {r['ar_steps_per_s']:>8.1f} "
+            f"{r['ar_tokens_per_s']:>9.0f} | {nar}"
+        )
+    return "\n".join(out)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Runs the benchmark, prints a table and one JSON line, and returns the results."""
+    if args.steps < 1 or args.context < 2 or args.repeats < 1 or min(args.batch) < 1:
+        raise ValueError(
+            "bench lm-decode: --steps, --repeats and every --batch must be >= 1; --context >= 2"
+        )
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from nclm.lm.config import PRESETS
+    from nclm.lm.model import init_lm
+
+    cfg = PRESETS[args.preset]()
+    params = nn.meta.unbox(init_lm(cfg, jax.random.PRNGKey(args.seed)))["params"]
+    num_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
+    dtype = jnp.dtype(args.dtype)
+    devices = jax.devices()
+    result = {
+        "command": _command(args),
+        "date": time.strftime("%Y-%m-%d"),
+        "preset": args.preset,
+        "num_params": num_params,
+        "num_codebooks": cfg.num_codebooks,
+        "dtype": args.dtype,
+        "devices": f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform})",
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "results": [],
+    }
+    print(
+        f"{result['command']}\n{args.preset}: {num_params / 1e6:.1f} M params, "
+        f"{cfg.num_layers} layers x {cfg.width}, Q = {cfg.num_codebooks}; compute {args.dtype} "
+        f"on {result['devices']}, jax {result['jax']}; median of {args.repeats}",
+        flush=True,
+    )
+    for batch in sorted(set(args.batch)):
+        result["results"].append(_setting(cfg, params, batch, args, dtype))
+    print(_table(result["results"]))
+    print(json.dumps(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return result

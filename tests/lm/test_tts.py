@@ -1,0 +1,201 @@
+"""`nclm tts` end to end on a tiny random codec (DAC-style, 16 kHz, hop 320, 4 x 256 codes) and a
+tiny random LM (graphemes), through `nclm.cli.main`; every bad input fails with one line before
+any weights load.
+
+The LM records max_audio_frames = 160 (so prompts up to 80 frames = 1.6 s) and every run uses a
+1 s prompt (50 frames): the single-request runs share one AR and one NAR program.
+"""
+
+import json
+import shutil
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+import soundfile as sf
+
+from nclm.cli import main
+from nclm.codec import config as codec_config
+from nclm.codec.interface import NeuralCodec
+from nclm.codec.model import init_codec
+from nclm.lm import config as lm_config
+from nclm.lm.checkpoint import save_lm
+from nclm.lm.model import init_lm
+from nclm.lm.tts import SENTENCE_GAP_SECONDS, Request, Synthesizer, split_sentences
+from nclm.text.frontend import TextFrontend
+from nclm.text.symbols import SymbolTable
+
+SR, HOP = 16000, 320
+GAP = round(SENTENCE_GAP_SECONDS * SR)
+CORPUS = ["The quick brown fox jumps over the lazy dog.", "Hello world! Is it raining; yes?"]
+PROMPT_TEXT = "hello there"
+TEXT = "The dog jumps. Hello fox!"  # two sentences
+
+
+def _voice(seconds: float, sample_rate: int = SR) -> np.ndarray:
+    t = np.arange(round(seconds * sample_rate)) / sample_rate
+    phase = 2 * np.pi * np.cumsum(130 * (1 + 0.05 * np.sin(2 * np.pi * 5 * t))) / sample_rate
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 4 * t)
+    return (0.2 * envelope * sum(np.sin(k * phase) / k for k in range(1, 6))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tts")
+    ccfg = codec_config.tiny("dac")
+    codec = NeuralCodec(ccfg, init_codec(ccfg, jax.random.PRNGKey(0)))
+    cid = codec.save(root / "codec")
+    frontend = TextFrontend("graphemes")
+    table = SymbolTable.build(frontend.tokens_batch(CORPUS), frontend)
+    cfg = lm_config.tiny(num_codebooks=4, codebook_size=256, text_vocab_size=len(table))
+    params = nn.meta.unbox(init_lm(cfg, jax.random.PRNGKey(1)))["params"]
+    facts = {
+        "codec_id": cid,
+        "sample_rate": SR,
+        "frame_rate": codec.frame_rate,
+        "num_codebooks": 4,
+        "codebook_size": 256,
+    }
+    extra = {"max_text_tokens": 96, "max_audio_frames": 160}
+    save_lm(root / "lm", cfg, params, table, facts, extra)
+    sf.write(root / "voice.wav", _voice(1.0), SR)
+    return root
+
+
+def _tts(root, *extra: str) -> list[str]:
+    return ["tts", "--lm", str(root / "lm"), "--codec", str(root / "codec"), *extra]
+
+
+def _single(root, out, text=TEXT, prompt="voice.wav", *extra: str) -> list[str]:
+    return _tts(
+        root, "--text", text, "--prompt", str(root / prompt), "--prompt-text", PROMPT_TEXT,
+        "--out", str(out), *extra,
+    )  # fmt: skip
+
+
+def test_plan_layout_and_limits(setup):
+    """Text ids = BOS, transcript, word boundary, sentence, EOS; max_new from the text length,
+    capped by max_audio_frames minus the prompt."""
+    synth = Synthesizer(setup / "lm", setup / "codec")
+    plan = synth.plan([Request("Hi. The dog!", setup / "voice.wav", PROMPT_TEXT)])
+    assert split_sentences("Hi.  The dog!  3.5 ok ?") == ["Hi.", "The dog!", "3.5 ok ?"]
+    assert [s.text[0] for s in plan.segments] == [1, 1] and plan.segments[0].text[-1] == 2
+    prompt_ids = synth.symbols.encode(list(PROMPT_TEXT))
+    words = synth.symbols.encode(list(" hi."))
+    np.testing.assert_array_equal(plan.segments[0].text[1:-1], np.r_[prompt_ids, words])
+    assert [s.max_new for s in plan.segments] == [16 * 3, 160 - 50]
+    assert synth.plan([Request("Hi.", setup / "voice.wav", "x")], max_seconds=1.0).segments[
+        0
+    ].max_new == round(1.0 * SR / HOP)
+
+
+def test_tts_writes_speech_deterministically(setup, capsys):
+    outs = [setup / f"out_{name}.wav" for name in ("a", "b", "c")]
+    for out, seed in zip(outs, ("0", "0", "1")):
+        main(_single(setup, out, TEXT, "voice.wav", "--seed", seed, "--top-k", "50"))
+    assert capsys.readouterr().out.count("wrote") == 3
+    a, b, c = (sf.read(out, dtype="float32") for out in outs)
+    assert a[1] == SR and len(a[0]) > GAP
+    assert (len(a[0]) - GAP) % HOP == 0  # two sentences joined by the gap, whole frames each
+    np.testing.assert_array_equal(a[0], b[0])
+    assert len(a[0]) != len(c[0]) or not np.array_equal(a[0], c[0])
+
+
+def test_tts_batch_mode(setup, capsys):
+    sf.write(setup / "voice2.wav", _voice(0.9), SR)
+    requests = [
+        {"text": TEXT, "prompt": "voice.wav", "prompt_text": PROMPT_TEXT, "out": "b/1.wav"},
+        {"text": "Hello.", "prompt": "voice2.wav", "prompt_text": "hello", "out": "b/2.flac"},
+        {"text": "The fox", "prompt": "voice.wav", "prompt_text": PROMPT_TEXT, "out": "b/3.wav"},
+    ]
+    jsonl = setup / "requests.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in requests))
+    main(_tts(setup, "--batch", str(jsonl), "--batch-size", "4", "--temperature", "0.8"))
+    assert capsys.readouterr().out.count("wrote") == 3
+    lengths = []
+    for r in requests:
+        wav, rate = sf.read(setup / r["out"], dtype="float32")
+        assert rate == SR and len(wav) > 0
+        lengths.append(len(wav))
+    assert (lengths[0] - GAP) % HOP == 0 and lengths[1] % HOP == 0 and lengths[2] % HOP == 0
+
+
+def test_resample_flag(setup, capsys):
+    sf.write(setup / "voice_22k.wav", _voice(1.0, 22050), 22050)
+    line = _fails(capsys, _single(setup, setup / "r.wav", TEXT, "voice_22k.wav"))
+    assert "22050 Hz" in line and "16000 Hz" in line and "--resample" in line
+    main(_single(setup, setup / "r.wav", TEXT, "voice_22k.wav", "--resample"))
+    assert sf.info(setup / "r.wav").samplerate == SR
+
+
+def _fails(capsys, argv: list[str], *names: str) -> str:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nclm: error: "), err
+    for name in names:
+        assert name in lines[0], (name, err)
+    return lines[0]
+
+
+def _bad_inputs(root) -> dict[str, tuple[list[str], tuple[str, ...]]]:
+    (root / "junk.wav").write_text("not audio")
+    sf.write(root / "long.wav", _voice(2.0), SR)
+    other = root / "lm_other"
+    if not other.exists():
+        shutil.copytree(root / "lm", other)
+        meta = json.loads((other / "lm.json").read_text())
+        meta["codec"]["codec_id"] = "tiny_dac_waveform-000000000000"
+        (other / "lm.json").write_text(json.dumps(meta))
+    (root / "bad.jsonl").write_text('{"text": "hi", "prompt": "voice.wav"}\n')
+    out = root / "never.wav"
+    no_transcript = _tts(root, "--text", "hi", "--prompt", str(root / "voice.wav"))
+    return {
+        "empty text": (_single(root, out, "   "), ("--text", "empty")),
+        "missing prompt": (_single(root, out, "hi", "nope.wav"), ("nope.wav", "no such")),
+        "unreadable prompt": (_single(root, out, "hi", "junk.wav"), ("junk.wav", "readable")),
+        "long prompt": (_single(root, out, "hi", "long.wav"), ("2.00 s", "at most 1.60 s")),
+        "codec mismatch": (
+            _single(root, out) + ["--lm", str(other)],
+            ("--codec", "trained on codes of codec tiny_dac_waveform-000000000000"),
+        ),
+        "unknown symbol": (
+            _single(root, out, "snow ☃"),
+            ("unknown symbol", "'☃'", "--text", "spell them out"),
+        ),
+        "no transcript": (no_transcript + ["--out", str(out)], ("--prompt-text", "transcript")),
+        "bad output": (_single(root, root / "x.mp4"), ("x.mp4", "extension")),
+        "bad sampling": (_single(root, out, "hi", "voice.wav", "--top-p", "0"), ("--top-p",)),
+        "batch keys": (
+            _tts(root, "--batch", str(root / "bad.jsonl")),
+            ("bad.jsonl:1", "missing ['prompt_text', 'out']"),
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "empty text",
+        "missing prompt",
+        "unreadable prompt",
+        "long prompt",
+        "codec mismatch",
+        "unknown symbol",
+        "no transcript",
+        "bad output",
+        "bad sampling",
+        "batch keys",
+    ],
+)
+def test_bad_input_fails_in_one_line_before_model_work(setup, capsys, monkeypatch, case):
+    def no_model(self):
+        raise AssertionError("weights loaded before the inputs were checked")
+
+    monkeypatch.setattr(Synthesizer, "_load", no_model)
+    argv, names = _bad_inputs(setup)[case]
+    _fails(capsys, argv, *names)
+    assert not (setup / "never.wav").exists()
