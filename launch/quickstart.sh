@@ -57,10 +57,18 @@ done
 nclm train --config "configs/lm/quickstart.py:steps=$lm_steps" --workdir "$run/lm_run" \
   --config.data.train="$run/tokens/train" --config.data.valid="$run/tokens/valid"
 
-# zero-shot TTS: the voice prompt is a held-out test speaker's utterance and its transcript
-prompt_text=$(python -c "import json,sys; print(json.loads(open(sys.argv[1]).readline())['text'])" \
-  "$run/corpus/test.jsonl")
-nclm tts --lm "$run/lm_run/lm" --codec "$codec" --prompt "$clip" --prompt-text "$prompt_text" \
+# zero-shot TTS: the voice prompt is a held-out test speaker's utterance (the one nearest 2.5 s:
+# the tiny LM saw utterances of at most 5.4 s, prompt and speech together) and its transcript
+{ read -r prompt; read -r prompt_text; } < <(python - "$run/corpus/test.jsonl" <<'PY'
+import json, os, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+row = min(rows, key=lambda r: abs(r["duration"] - 2.5))
+print(os.path.join(os.path.dirname(sys.argv[1]), row["audio"]))  # join keeps absolute paths
+print(row["text"])
+PY
+)
+cp "$prompt" "$run/tts_prompt.wav"
+nclm tts --lm "$run/lm_run/lm" --codec "$codec" --prompt "$prompt" --prompt-text "$prompt_text" \
   --text "The quick brown fox jumps over the lazy dog." --out "$run/tts.wav" --seed 0
 python - "$run" <<'PY'
 # LM summary
@@ -73,5 +81,5 @@ print(f"LM validation (held-out speakers) at step {ev['step']}: AR loss {ev['eva
       f"top-1 {ev['eval/ar/top1']:.3f}; NAR top-1 " + ", ".join(
           f"{lvl[4:]}: {ev[f'eval/{lvl}/top1']:.3f}" for lvl in levels))
 print(f"run: {run}/lm_run (checkpoints, metrics.jsonl, lm/), {run}/tts.wav "
-      f"(prompt: {run}/reference.wav)")
+      f"(prompt: {run}/tts_prompt.wav)")
 PY

@@ -21,7 +21,7 @@ def get_config(arg=None):
         if key != "steps" or not value.isdigit():
             raise ValueError(f"configs/lm/quickstart.py: arg must be steps=N, got {arg!r}")
         steps = int(value)
-    lm = lm_configs.tiny(8, 256, text_vocab_size=0, num_layers=3, width=128, ffn=512)
+    lm = lm_configs.tiny(8, 256, text_vocab_size=0, num_layers=3, width=128, ffn=512, dropout=0.1)
     cfg = lm_experiment(lm, tiny=True)
     cfg.data.text_buckets = (48, 96)  # the synthetic corpus: 25-90 phonemes, 60-260 frames
     cfg.data.frame_buckets = (160, 272)

@@ -27,6 +27,8 @@ def get_config(arg=None):
             lm_configs.tiny(8, 1024, shared_backbone=shared, text_vocab_size=0), tiny=True
         )
         return cfg
-    cfg = lm_experiment(lm_configs.valle(text_vocab_size=0, shared_backbone=shared))
+    # remat: keep matmul outputs without a batch dim, recompute the [B, N, L, L] attention maps
+    lm = lm_configs.valle(text_vocab_size=0, shared_backbone=shared, remat="dots_no_batch")
+    cfg = lm_experiment(lm)
     cfg.train.compute_dtype = "bfloat16"
     return cfg

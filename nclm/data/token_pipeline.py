@@ -313,10 +313,12 @@ def make_eval_batches(
     row_multiple: int = 1,
     host_index: int | None = None,
     host_count: int | None = None,
+    max_batches: int | None = None,
 ) -> list[dict]:
     """The whole split once, as this host's rows of fixed batches: ids in order, dealt into
     buckets, batches in bucket order (no shuffle). Examples too long for the buckets are skipped
-    with a logged warning."""
+    with a logged warning. `max_batches` keeps that many, taken round-robin over the buckets so
+    short and long utterances are both evaluated (and only those are read)."""
     dataset = TokenDataset(path)
     grid = BucketGrid(
         dataset.text_len, dataset.frames, text_buckets, frame_buckets, max_tokens, row_multiple
@@ -330,6 +332,16 @@ def make_eval_batches(
             len(dataset),
         )
     batches = sorted(grid.deal(grid.kept), key=lambda batch: batch[0])  # stable: ids in order
+    if max_batches is not None and len(batches) > max_batches:
+        by_bucket: dict[int, list] = {}
+        for batch in batches:
+            by_bucket.setdefault(batch[0], []).append(batch)
+        queues, batches = list(by_bucket.values()), []
+        while len(batches) < max_batches:
+            for queue in queues:
+                if queue and len(batches) < max_batches:
+                    batches.append(queue.pop(0))
+        batches.sort(key=lambda batch: batch[0])
     out = []
     for b, ids in batches:
         start, size = _host_slice(len(ids), host_index, host_count)

@@ -115,7 +115,8 @@ class CodecLM(nn.Module):
         return self.ar_project(h[:, text.shape[1] :])
 
     def ar_project(self, h: jax.Array) -> jax.Array:
-        return jnp.einsum("btd,dv->btv", h, self.ar_head.astype(h.dtype)).astype(jnp.float32)
+        w = self.ar_head.astype(h.dtype)  # float32 accumulation: logits are float32 (decision 8)
+        return jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
 
     def ar_step(
         self,
@@ -141,12 +142,15 @@ class CodecLM(nn.Module):
         x = jnp.concatenate([self.embed_text(text, task), self.embed_audio(codes, visible)], axis=1)
         pos = layout.positions(text_len, num_text, num_frames)
         mask = layout.attention_mask(text_len, code_len, num_text, num_frames, causal=False)
-        valid = layout.key_valid(text_len, code_len, num_text, num_frames)
+        # the Conformer conv sees real audio frames only, so text padding (bucket-dependent)
+        # never reaches it
+        conv_mask = layout.key_valid(jnp.zeros_like(text_len), code_len, num_text, num_frames)
         stage = jnp.full(text.shape[:1], level - 1, jnp.int32)
-        h, _ = self._stack(False)(x, pos, mask, stage, valid)
+        h, _ = self._stack(False)(x, pos, mask, stage, conv_mask)
         head = jax.lax.dynamic_index_in_dim(self.nar_heads, level - 2, keepdims=False)
         h = h[:, num_text:]
-        return jnp.einsum("btd,dv->btv", h, head.astype(h.dtype)).astype(jnp.float32)
+        w = head.astype(h.dtype)
+        return jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
 
     def __call__(self, text, text_len, codes, code_len, task):
         """Touches every parameter (init): the AR logits and the level-2 NAR logits."""

@@ -272,10 +272,10 @@ class Synthesizer:
         return wav
 
     def _max_new(self, num_tokens: int, prompt_frames: int, max_seconds: float | None) -> int:
-        if max_seconds is not None:
-            return max(1, math.ceil(max_seconds * self.frame_rate))
         cap = FRAMES_PER_TOKEN * num_tokens
-        if self.max_audio_frames:
+        if max_seconds is not None:
+            cap = math.ceil(max_seconds * self.frame_rate)
+        if self.max_audio_frames:  # no positions beyond the longest training utterance
             cap = min(cap, int(self.max_audio_frames) - prompt_frames)
         return max(1, cap)
 

@@ -57,8 +57,9 @@ class StackConfig:
 
 class ConvModule(nn.Module):
     """Conformer convolution: pointwise (2D) -> GLU -> depthwise conv k -> LayerNorm -> swish ->
-    pointwise (D), centered ("same") so it sees both sides: bidirectional stacks only. Padded
-    frames are zeroed first so they do not leak into real ones."""
+    pointwise (D), centered ("same") so it sees both sides: bidirectional stacks only. Only the
+    frames in `valid` take part: the others are zero going into the depthwise conv and get no
+    conv output, so padding never leaks into real frames."""
 
     kernel: int
     dtype: Any
@@ -75,7 +76,7 @@ class ConvModule(nn.Module):
             dtype=self.dtype,
             name="pointwise_in",
         )(x)
-        x = nn.glu(x, axis=-1)
+        x = nn.glu(x, axis=-1) * valid[..., None].astype(x.dtype)  # the bias made padding nonzero
         x = nn.Conv(
             d,
             (self.kernel,),
@@ -95,13 +96,14 @@ class ConvModule(nn.Module):
             name="norm",
         )
         x = nn.swish(norm(x))
-        return nn.Dense(
+        out = nn.Dense(
             d,
             kernel_init=nn.with_logical_partitioning(init, ("mlp", "embed")),
             bias_init=_zeros("embed"),
             dtype=self.dtype,
             name="pointwise_out",
         )(x)
+        return out * valid[..., None].astype(out.dtype)
 
 
 class Block(nn.Module):
@@ -177,7 +179,7 @@ class TransformerStack(nn.Module):
         positions: jax.Array,  # int32[B, T]
         mask: jax.Array,  # bool[B, T, T] (or [B, T, L] with a cache)
         stage: jax.Array | None = None,  # int32[B], AdaLN row
-        valid: jax.Array | None = None,  # bool[B, T], for the conv module
+        valid: jax.Array | None = None,  # bool[B, T]: the frames the conv module works on
         cache: LayerCache | None = None,  # k, v: [layers, B, L, K, H]
         write_index: jax.Array | None = None,  # int32[B]
     ) -> tuple[jax.Array, LayerCache | None]:

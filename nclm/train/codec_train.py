@@ -53,7 +53,7 @@ from nclm.train.codec_step import (
 )
 from nclm.train.metrics import MetricWriter
 from nclm.train.optim import make_optimizer
-from nclm.train.run_dir import check_workdir, truncate_metrics, write_run_info
+from nclm.train.run_dir import check_workdir, host_params, truncate_metrics, write_run_info
 
 log = logging.getLogger("nclm.train")
 
@@ -169,7 +169,7 @@ def train_codec(
         desc=f"train {codec_cfg.name}",
         dynamic_ncols=True,
     )
-    step = start
+    step = saved = start
     timer = {"start": time.perf_counter(), "step": start}
     evaluated = False  # reference clips go to TensorBoard with this process's first evaluation
     try:
@@ -210,9 +210,10 @@ def train_codec(
                 evaluated = True
             if step % cfg.train.checkpoint_every == 0 or step == end:
                 ckpt.save(step, state, train_iter.get_state(), force=True)
+                saved = step
             if timer["step"] == step:  # evaluation and checkpoints are not training time
                 timer["start"] = time.perf_counter()
-        if stop["signal"] is not None and step > start:
+        if stop["signal"] is not None and step > saved:  # not twice for one step
             log.warning(
                 "signal %s: saving a checkpoint at step %d before exiting", stop["signal"], step
             )
@@ -225,14 +226,16 @@ def train_codec(
             signal.signal(s, h)
 
     # ---- export --------------------------------------------------------------------------------
-    if step >= steps and jax.process_index() == 0:
+    if step >= steps:
         variables = {"params": state.params}
         if state.codebooks:
             variables["codebooks"] = state.codebooks
+        variables = host_params(variables)  # every process takes part in the gather
+    if step >= steps and jax.process_index() == 0:
         save_codec(
             workdir / "codec",
             codec_cfg,
-            jax.device_get(variables),
+            variables,
             extra={"trained_steps": int(step), "workdir": str(workdir.absolute())},
         )
     if stop["signal"] is not None:

@@ -47,7 +47,7 @@ from nclm.train.checkpoint import RunCheckpointer, abstract_with_shardings
 from nclm.train.lm_step import LMTrainState, make_lm_eval_step, make_lm_train_step
 from nclm.train.metrics import MetricWriter
 from nclm.train.optim import make_lm_optimizer
-from nclm.train.run_dir import check_workdir, truncate_metrics, write_run_info
+from nclm.train.run_dir import check_workdir, host_params, truncate_metrics, write_run_info
 
 log = logging.getLogger("nclm.train")
 BATCH_KEYS = ("text", "text_len", "codes", "code_len")
@@ -106,13 +106,8 @@ def train_lm(
         row_multiple=batch_shards(mesh, rules),
     )
     train_iter = make_token_iterator(d.train, seed=cfg.seed, **buckets)
-    eval_batches = (
-        [_global_batch(b, mesh, rules) for b in make_eval_batches(d.valid, **buckets)][
-            : d.eval_batches
-        ]
-        if d.valid
-        else []
-    )
+    valid = make_eval_batches(d.valid, **buckets, max_batches=d.eval_batches) if d.valid else []
+    eval_batches = [_global_batch(b, mesh, rules) for b in valid]
 
     # ---- model, optimizer, shardings, restore --------------------------------------------------
     trainer = build_lm_trainer(cfg, lm_cfg, mesh)
@@ -139,7 +134,7 @@ def train_lm(
         s: signal.signal(s, lambda signum, _f: stop.update(signal=signum))
         for s in (signal.SIGTERM, signal.SIGINT)
     }
-    last, step = {}, start
+    last, step, saved = {}, start, start
     timer = {"start": time.perf_counter(), "step": start, "tokens": 0.0}
     bar = tqdm(
         total=steps,
@@ -172,9 +167,10 @@ def train_lm(
                 last.update(writer.scalars(step, _evaluate(trainer.eval, state, eval_batches)))
             if step % cfg.train.checkpoint_every == 0 or step == end:
                 ckpt.save(step, state, train_iter.get_state(), force=True)
+                saved = step
             if timer["step"] == step:  # evaluation and checkpoints are not training time
                 timer["start"] = time.perf_counter()
-        if stop["signal"] is not None and step > start:
+        if stop["signal"] is not None and step > saved:
             log.warning("signal %s: saving a checkpoint at step %d", stop["signal"], step)
             ckpt.save(step, state, train_iter.get_state(), force=True)
     finally:
@@ -185,6 +181,8 @@ def train_lm(
             signal.signal(s, h)
 
     # ---- export --------------------------------------------------------------------------------
+    if step >= steps:
+        params = host_params(state.params)  # every process takes part in the gather
     if step >= steps and jax.process_index() == 0:
         codec = {
             k: index[k]
@@ -193,7 +191,7 @@ def train_lm(
         save_lm(
             workdir / "lm",
             lm_cfg,
-            jax.device_get(state.params),
+            params,
             symbols,
             codec,
             extra={

@@ -67,3 +67,14 @@ def truncate_metrics(path: Path, step: int) -> None:
     rows = read_metrics(path)
     if rows and rows[-1]["step"] > step and jax.process_index() == 0:
         path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step))
+
+
+def host_params(tree):
+    """A sharded pytree as host numpy arrays. On several processes the shards of a parameter
+    live on different hosts, so every process must call this (an all-gather) before process 0
+    writes the export."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)

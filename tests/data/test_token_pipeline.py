@@ -204,3 +204,14 @@ def test_dataset_and_errors(tokens, tmp_path):
         make_token_iterator(tokens, (32, 16), FRAME_BUCKETS, MAX_TOKENS, 0)
     with pytest.raises(ValueError, match="no example fits"):
         make_token_iterator(tokens, (2,), FRAME_BUCKETS, MAX_TOKENS, 0)
+
+
+def test_eval_batches_limit_takes_every_bucket(tokens):
+    """max_batches picks batches round-robin over the buckets, not just the shortest ones."""
+    every = make_eval_batches(tokens, TEXT_BUCKETS, FRAME_BUCKETS, MAX_TOKENS, row_multiple=2)
+    shapes = {(b["text"].shape[1], b["codes"].shape[2]) for b in every}
+    some = make_eval_batches(
+        tokens, TEXT_BUCKETS, FRAME_BUCKETS, MAX_TOKENS, row_multiple=2, max_batches=len(shapes)
+    )
+    assert len(some) == len(shapes)
+    assert {(b["text"].shape[1], b["codes"].shape[2]) for b in some} == shapes

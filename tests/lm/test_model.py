@@ -287,3 +287,37 @@ def test_separate_stacks_live_in_one_tree():
     assert "conv" not in params["ar_backbone"]["layers"]["block"]
     with pytest.raises(ValueError, match="shared_backbone=False"):
         dataclasses.replace(CFG, conv_kernel=3)
+
+
+def test_padding_never_changes_real_outputs():
+    """With the Conformer conv (separate stacks): the NAR logits of real frames do not depend on
+    what the padded frames hold or on how wide the text bucket is."""
+    cfg = dataclasses.replace(CFG, shared_backbone=False, conv_kernel=5)
+    params = _params(cfg)
+    model = CodecLM(cfg)
+    rng = np.random.default_rng(5)
+    codes = rng.integers(0, 16, (2, 3, 9)).astype(np.int32)
+    code_len = jnp.asarray([6, 9], jnp.int32)
+    outs = []
+    for text_width, pad_value in ((6, 0), (13, 11)):
+        text, text_len = _text([5, 3], text_width)
+        padded = codes.copy()
+        padded[0, :, 6:] = pad_value
+        visible = layout.nar_levels_visible(
+            jnp.asarray([2, 3]), code_len, jnp.int32(3), 3, codes.shape[2]
+        )
+        outs.append(
+            model.apply(
+                {"params": params},
+                text,
+                text_len,
+                jnp.asarray(padded),
+                code_len,
+                visible,
+                jnp.int32(3),
+                jnp.zeros(2, jnp.int32),
+                method=CodecLM.nar_logits,
+            )
+        )
+    np.testing.assert_allclose(outs[0][0, :6], outs[1][0, :6], atol=1e-5)
+    np.testing.assert_allclose(outs[0][1], outs[1][1], atol=1e-5)
