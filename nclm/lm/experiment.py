@@ -30,6 +30,9 @@ def lm_experiment(lm: LMConfig, *, tiny: bool = False) -> ml_collections.ConfigD
         prompt_high=0.3,
         prompt_cap=225,
         prompt_eval=0.25,  # validation uses a fixed 25 % prompt
+        masked_weight=0.0,  # > 0 trains the SoundStorm objective on the same tree
+        mask_span=1,  # masked frames come in spans of this many frames (MAGNeT: 3)
+        cond_drop=0.1,  # null-condition rate of the masked objective (guidance)
     )
     cfg.optim = dict(
         lr=5e-4 if not tiny else 2e-3,

@@ -10,12 +10,17 @@ AR (level 1):   audio = [BOS, c_1 .. c_T, (pad)]; slot a predicts c_{a+1}, slot 
 NAR (level j):  audio = frames 0..T-1; frames before the prompt length P embed all Q levels,
                 later frames embed levels < j; loss on level j of frames P..T-1. Everything
                 attends to every real slot (bidirectional).
+Masked (SoundStorm, level q): frames before P show all levels; after it levels < q are shown,
+                a cosine-scheduled share of level q (in spans) and every level > q are MASK;
+                loss on the masked level-q codes. Bidirectional.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from nclm.text.symbols import BOS_ID, EOS_ID
 
 
 def positions(text_len: jax.Array, num_text: int, num_audio: int) -> jax.Array:
@@ -85,3 +90,56 @@ def sample_prompt_len(
     frac = jax.random.uniform(key, code_len.shape, minval=low, maxval=high)
     length = jnp.minimum(jnp.floor(frac * code_len).astype(jnp.int32), cap)
     return jnp.clip(length, 0, jnp.maximum(code_len - 1, 0))
+
+
+def span_mask(key: jax.Array, ratio: jax.Array, eligible: jax.Array, span: int) -> jax.Array:
+    """bool[B, T]: about `ratio[B]` of the `eligible[B, T]` frames, masked in spans of `span`
+    frames on a fixed grid (MAGNeT's atomic spans; span 1 masks single frames). Each row masks
+    round(ratio * eligible spans) whole spans, chosen uniformly, at least one when any exists.
+    Spans are counted on the grid, so a span straddling the prompt boundary masks only its
+    eligible frames."""
+    num_frames = eligible.shape[1]
+    num_spans = -(-num_frames // span)
+    grid = jnp.arange(num_frames) // span  # [T] span index of each frame
+    span_eligible = jnp.zeros((eligible.shape[0], num_spans), bool).at[:, grid].max(eligible)
+    count = span_eligible.sum(-1)
+    target = jnp.clip(jnp.round(ratio * count), jnp.minimum(count, 1), count).astype(jnp.int32)
+    score = jnp.where(span_eligible, jax.random.uniform(key, span_eligible.shape), 2.0)
+    rank = jnp.argsort(jnp.argsort(score, axis=-1), axis=-1)  # 0 = first chosen
+    chosen = rank < target[:, None]  # [B, spans]
+    return chosen[:, grid] & eligible
+
+
+def masked_input(
+    codes: jax.Array,  # int32[B, Q, T]
+    level: jax.Array,  # 1-based scalar
+    level_mask: jax.Array,  # bool[B, T]: level-`level` frames to hide
+    prompt_len: jax.Array,  # int32[B]
+    mask_id: int,
+) -> jax.Array:
+    """The masked model's input tokens [B, Q, T]: prompt frames keep every level; later frames
+    keep levels < `level`, hide `level` where level_mask, and hide every level > `level`."""
+    t = jnp.arange(codes.shape[2])[None, None]
+    q = jnp.arange(codes.shape[1])[None, :, None] + 1
+    after_prompt = t >= prompt_len[:, None, None]
+    hidden = after_prompt & ((q > level) | ((q == level) & level_mask[:, None]))
+    return jnp.where(hidden, mask_id, codes)
+
+
+def drop_condition(
+    drop: jax.Array,  # bool[B]
+    text: jax.Array,  # int32[B, Lt]
+    text_len: jax.Array,
+    tokens: jax.Array,  # int32[B, Q, T]
+    prompt_len: jax.Array,
+    mask_id: int,
+):
+    """The null condition for classifier-free guidance, on rows where drop[B]: the text becomes
+    [BOS, EOS] (text_len 2) and the prompt frames become MASK at every level. Returns
+    (text, text_len, tokens)."""
+    t = jnp.arange(tokens.shape[2])[None, None]
+    in_prompt = t < prompt_len[:, None, None]
+    tokens = jnp.where(drop[:, None, None] & in_prompt, mask_id, tokens)
+    empty = jnp.zeros_like(text).at[:, 0].set(BOS_ID).at[:, 1].set(EOS_ID)
+    text = jnp.where(drop[:, None], empty, text)
+    return text, jnp.where(drop, 2, text_len), tokens

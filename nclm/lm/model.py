@@ -152,6 +152,26 @@ class CodecLM(nn.Module):
         w = head.astype(h.dtype)
         return jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
 
+    # -- masked (SoundStorm) --------------------------------------------------------------------
+    def masked_logits(self, text, text_len, tokens, code_len, level, task) -> jax.Array:
+        """float32[B, T, V]: logits of codebook `level` (1-based scalar, may be traced) at every
+        frame of tokens[B, Q, T], where any entry may be the MASK id (nclm.lm.layout.masked_input).
+        Bidirectional pass over [text | frames]; each frame embeds the sum of its Q level ids.
+        Level 1 is read out by the AR head's code columns, levels 2..Q by the NAR heads: one
+        parameter tree serves the AR, NAR and masked decoders."""
+        num_text, num_frames = text.shape[1], tokens.shape[2]
+        x = jnp.concatenate([self.embed_text(text, task), self.embed_audio(tokens)], axis=1)
+        pos = layout.positions(text_len, num_text, num_frames)
+        mask = layout.attention_mask(text_len, code_len, num_text, num_frames, causal=False)
+        conv_mask = layout.key_valid(jnp.zeros_like(text_len), code_len, num_text, num_frames)
+        stage = jnp.full(text.shape[:1], level - 1, jnp.int32)
+        h, _ = self._stack(False)(x, pos, mask, stage, conv_mask)
+        heads = jnp.concatenate([self.ar_head[None, :, : self.cfg.codebook_size], self.nar_heads])
+        head = jax.lax.dynamic_index_in_dim(heads, level - 1, keepdims=False)
+        h = h[:, num_text:]
+        w = head.astype(h.dtype)
+        return jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
+
     def __call__(self, text, text_len, codes, code_len, task):
         """Touches every parameter (init): the AR logits and the level-2 NAR logits."""
         audio_in, _, _ = layout.ar_audio(

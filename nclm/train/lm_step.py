@@ -5,7 +5,13 @@ One step trains both VALL-E objectives on the same batch and the same parameter 
        (nclm.lm.layout.ar_audio);
   NAR: one level j ~ U{2..Q} for the whole batch (as the VALL-E reference), a prefix prompt of
        15-30 % of each utterance embedding all levels, cross-entropy on level j of the rest.
-  loss = ar_weight * CE_ar + nar_weight * CE_nar, each the mean over the batch's real tokens.
+  masked (SoundStorm): one level q ~ U{1..Q} for the batch; per example a prompt delimiter
+       ~ U{0..len-1}, a mask ratio cos(u), u ~ U[0, pi/2], applied to level q in spans of
+       `mask_span` frames, all levels > q masked, levels < q visible; with probability
+       `cond_drop` the text and prompt are dropped (the null condition of guidance); CE on
+       the masked level-q codes (nclm.lm.layout.span_mask / masked_input / drop_condition).
+  loss = ar_weight * CE_ar + nar_weight * CE_nar + masked_weight * CE_masked, each the mean
+  over the batch's real tokens; an objective with weight 0 is not computed.
 Empty rows (code_len 0, the padding of a bucket's last batch) carry no weight. A step whose loss
 or gradients are not finite changes nothing and reports `nonfinite = 1`.
 """
@@ -93,18 +99,66 @@ def nar_terms(
     return token_metrics(logits, targets, weights)
 
 
+def masked_terms(
+    model: CodecLM,
+    params,
+    batch: dict,
+    level: jax.Array,
+    prompt_len: jax.Array,
+    level_mask: jax.Array,
+    drop: jax.Array,
+    rngs=None,
+) -> dict:
+    """Metrics of the masked pass for codebook `level` with level_mask[B, T] hidden."""
+    cfg = model.cfg
+    codes, code_len = batch["codes"], batch["code_len"]
+    tokens = layout.masked_input(codes, level, level_mask, prompt_len, cfg.mask_id)
+    text, text_len, tokens = layout.drop_condition(
+        drop, batch["text"], batch["text_len"], tokens, prompt_len, cfg.mask_id
+    )
+    logits = model.apply(
+        {"params": params},
+        text,
+        text_len,
+        tokens,
+        code_len,
+        level,
+        jnp.zeros_like(code_len),
+        method=CodecLM.masked_logits,
+        rngs=rngs,
+    )
+    targets = jax.lax.dynamic_index_in_dim(codes, level - 1, axis=1, keepdims=False)
+    t = jnp.arange(codes.shape[2])[None]
+    real = (t >= prompt_len[:, None]) & (t < code_len[:, None])
+    return token_metrics(logits, targets, (level_mask & real).astype(jnp.float32))
+
+
+def sample_masking(key: jax.Array, code_len: jax.Array, num_frames: int, objective: dict):
+    """SoundStorm's training mask: (prompt_len[B], level_mask[B, T], drop[B])."""
+    k_prompt, k_ratio, k_span, k_drop = jax.random.split(key, 4)
+    prompt_len = jnp.floor(jax.random.uniform(k_prompt, code_len.shape) * code_len)
+    prompt_len = prompt_len.astype(jnp.int32)
+    ratio = jnp.cos(jax.random.uniform(k_ratio, code_len.shape, maxval=jnp.pi / 2))
+    t = jnp.arange(num_frames)[None]
+    eligible = (t >= prompt_len[:, None]) & (t < code_len[:, None])
+    level_mask = layout.span_mask(k_span, ratio, eligible, int(objective["mask_span"]))
+    drop = jax.random.bernoulli(k_drop, objective["cond_drop"], code_len.shape)
+    return prompt_len, level_mask, drop
+
+
 def make_lm_train_step(
     cfg: LMConfig, objective: dict, tx: optax.GradientTransformation, dtype: Any = jnp.float32
 ) -> Callable:
     model = CodecLM(cfg, dtype, deterministic=False)
     ar_w, nar_w = float(objective["ar_weight"]), float(objective["nar_weight"])
+    masked_w = float(objective.get("masked_weight", 0.0))
     use_nar = cfg.num_codebooks > 1 and nar_w > 0
-    if ar_w <= 0 and not use_nar:
-        raise ValueError("objective: ar_weight and nar_weight are both 0; nothing to train")
+    if ar_w <= 0 and not use_nar and masked_w <= 0:
+        raise ValueError("objective: every weight (ar, nar, masked) is 0; nothing to train")
 
     def step(state: LMTrainState, batch: dict, rng: jax.Array):
         rng = jax.random.fold_in(rng, state.step)
-        k_ar, k_nar, k_level, k_prompt = jax.random.split(rng, 4)
+        k_ar, k_nar, k_level, k_prompt, k_masked, k_mlevel, k_mask = jax.random.split(rng, 7)
 
         def loss_fn(params):
             terms, total = {}, 0.0
@@ -125,6 +179,16 @@ def make_lm_train_step(
                 )
                 terms["nar"]["level"] = level.astype(jnp.float32)
                 total = total + nar_w * terms["nar"]["loss"]
+            if masked_w > 0:
+                level = jax.random.randint(k_mlevel, (), 1, cfg.num_codebooks + 1)
+                masking = sample_masking(
+                    k_mask, batch["code_len"], batch["codes"].shape[2], objective
+                )
+                terms["masked"] = masked_terms(
+                    model, params, batch, level, *masking, {"dropout": k_masked}
+                )
+                terms["masked"]["level"] = level.astype(jnp.float32)
+                total = total + masked_w * terms["masked"]["loss"]
             return total, terms
 
         (total, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -170,6 +234,15 @@ def make_lm_eval_step(cfg: LMConfig, objective: dict, dtype: Any = jnp.float32) 
         )
         for level in range(2, cfg.num_codebooks + 1):
             add(f"nar_{level}", nar_terms(model, params, batch, jnp.int32(level), prompt_len))
+        if objective.get("masked_weight", 0.0) > 0:  # every level, half its frames masked
+            t = jnp.arange(batch["codes"].shape[2])[None]
+            half = (t - prompt_len[:, None]) % 2 == 0
+            no_drop = jnp.zeros_like(code_len, bool)
+            for level in range(1, cfg.num_codebooks + 1):
+                terms = masked_terms(
+                    model, params, batch, jnp.int32(level), prompt_len, half, no_drop
+                )
+                add(f"masked_{level}", terms)
         return out
 
     return eval_step

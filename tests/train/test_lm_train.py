@@ -59,7 +59,9 @@ def _cfg(lm=LM, **train):
 
 
 def test_sharded_step_equals_single_device():
+    """All three objectives (AR, NAR, masked with spans and condition dropout) in one step."""
     cfg = _cfg()
+    cfg.objective.masked_weight, cfg.objective.mask_span = 1.0, 2
     rows = [_utterance(i, 10 + 3 * i, 4 + i) for i in range(6)] + [
         (np.zeros(0, np.int32), np.zeros((Q, 0)))
     ] * 2  # two empty rows, as a bucket's last batch has
@@ -127,6 +129,69 @@ def test_overfit_one_utterance_regenerates_its_codes(shared):
         cfg=lm,
     )
     np.testing.assert_array_equal(np.asarray(rest[0, :, :gen]), codes[:, prompt:])
+
+
+def test_one_checkpoint_decodes_with_ar_and_masked():
+    """AR, NAR and masked objectives on one tree (shared backbone), 300 steps on one utterance:
+    greedy AR + NAR and masked decoding (text + 4-frame prompt, target length given, SoundStorm's
+    16 iterations for level 1 then 1 per level, guidance on) both regenerate its codes, and so
+    does AR level 1 followed by masked levels 2..Q."""
+    from nclm.decode.masked import MaskedSchedule, masked_generate
+
+    cfg = _cfg(LM, steps=300)
+    cfg.optim.lr, cfg.optim.warmup_steps = 3e-3, 10
+    cfg.objective.masked_weight = 1.0
+    text, codes = _utterance(11, 20, 6)
+    batch = _batch([(text, codes)] * 4)
+    trainer = build_lm_trainer(cfg, LM, make_mesh({"data": 1}, jax.devices()[:1]))
+    state = trainer.init(jax.random.PRNGKey(0))
+    for _ in range(300):
+        state, metrics = trainer.step(state, batch, jax.random.PRNGKey(1))
+    params = jax.device_get(state.params)
+    prompt, gen = 4, 16
+    args = (
+        jnp.asarray(batch["text"][:1]),
+        jnp.asarray(batch["text_len"][:1]),
+        jnp.asarray(codes[None, :, :prompt]),
+        jnp.asarray([prompt]),
+    )
+    level1, length = ar_generate(
+        params,
+        *args[:2],
+        args[2][:, 0],
+        args[3],
+        jax.random.PRNGKey(0),
+        cfg=LM,
+        max_new=24,
+        sampling=SamplingConfig(temperature=0.0),
+    )
+    assert int(length[0]) == gen
+    np.testing.assert_array_equal(np.asarray(level1[0, :gen]), codes[0, prompt:])
+    schedule = MaskedSchedule(iterations=(16, 1), temperature=0.5, sample_temperature=0.0)
+    masked, passes = masked_generate(
+        params,
+        *args,
+        jnp.asarray([gen]),
+        jax.random.PRNGKey(0),
+        cfg=LM,
+        num_frames=gen,
+        schedule=schedule,
+    )
+    assert int(passes) == 16 + Q - 1
+    np.testing.assert_array_equal(np.asarray(masked[0]), codes[:, prompt:])
+    rest, passes = masked_generate(
+        params,
+        *args,
+        jnp.asarray([gen]),
+        jax.random.PRNGKey(0),
+        given=level1[:, None, :gen],
+        cfg=LM,
+        num_frames=gen,
+        schedule=schedule,
+        start_level=2,
+    )
+    assert int(passes) == Q - 1
+    np.testing.assert_array_equal(np.asarray(rest[0]), codes[:, prompt:])
 
 
 def _token_dir(out, num=12):
