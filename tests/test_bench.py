@@ -89,3 +89,19 @@ def test_bench_lm_decode_tiny(tmp_path, capsys):
     json_line = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(json_line)["command"] == result["command"]
     assert json.loads(out.read_text())["results"] == result["results"]
+
+
+def test_bench_masked_tiny(capsys):
+    """A random tiny LM and codec; 16 + Q - 1 passes (guided); LM and codec times add up."""
+    from nclm.bench import masked
+
+    parser = argparse.ArgumentParser()
+    masked.add_arguments(parser)
+    argv = "--preset tiny --levels 4 --seconds 2 --prompt-seconds 1 --repeats 1"
+    result = masked.run(parser.parse_args(argv.split()))
+    assert (result["frames"], result["prompt_frames"], result["passes"]) == (100, 50, 16 + 3)
+    assert result["lm_compile_s"] > 0 and result["lm_s"] > 0 and result["codec_s"] > 0
+    assert result["total_s"] == pytest.approx(result["lm_s"] + result["codec_s"])
+    assert result["rtf"] == pytest.approx(result["total_s"] / 2)
+    json_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(json_line)["command"] == result["command"]

@@ -150,9 +150,9 @@ def estimate_frames(prompt_frames: int, prompt_tokens: int, target_tokens: int) 
 
 def _guided_logits(model, params, ctx, frames, level, lam, guided: bool) -> jax.Array:
     """float32[B, T, V]: (1 + w) ℓ_c - w ℓ_u from one pass of batch 2B, or ℓ_c without guidance."""
-    text, text_len, prompt_len, gen_len, task = ctx
+    text, text_len, prompt_len, gen_len, task, semantic = ctx
 
-    def run(text, text_len, frames, total, task):
+    def run(text, text_len, frames, total, task, semantic):
         return model.apply(
             {"params": params},
             text,
@@ -161,18 +161,24 @@ def _guided_logits(model, params, ctx, frames, level, lam, guided: bool) -> jax.
             total,
             jnp.int32(level),
             task,
+            semantic,
             method=CodecLM.masked_logits,
         )
 
     total = prompt_len + gen_len
     if not guided:
-        return run(text, text_len, frames, total, task)
+        return run(text, text_len, frames, total, task, semantic)
     drop = jnp.ones_like(prompt_len, bool)
     null = layout.drop_condition(drop, text, text_len, frames, prompt_len, model.cfg.mask_id)
+    both_semantic = None
+    if semantic is not None:  # the null condition drops the semantic ids too
+        null_semantic = layout.drop_semantic(drop, semantic, model.cfg.semantic_null_id)
+        both_semantic = jnp.concatenate([semantic, null_semantic])
     both = run(
         *(jnp.concatenate([c, u]) for c, u in zip((text, text_len, frames), null)),
         jnp.concatenate([total, total]),
         jnp.concatenate([task, task]),
+        both_semantic,
     )
     cond, uncond = jnp.split(both, 2)
     return (1 + lam) * cond - lam * uncond  # exact at w = 0 and w = -1
@@ -181,7 +187,7 @@ def _guided_logits(model, params, ctx, frames, level, lam, guided: bool) -> jax.
 def _decode_level(model, params, ctx, base, gen, passes, level: int, n: int, key, schedule):
     """Fill level `level` of gen[B, Q, G] in n iterations (module docstring).
     Returns (gen, passes, int32[n, B] spans still masked after each iteration)."""
-    _, _, prompt_len, gen_len, _ = ctx
+    _, _, prompt_len, gen_len, _, _ = ctx
     batch, _, num_gen = gen.shape
     span, vocab = schedule.span, model.cfg.codebook_size
     num_spans = -(-num_gen // span)
@@ -232,6 +238,7 @@ def _decode(
     key,
     task,
     given,
+    semantic=None,
     *,
     cfg,
     num_frames,
@@ -266,7 +273,12 @@ def _decode(
     in_prompt = jnp.arange(num_prompt)[None, None] < prompt_len[:, None, None]
     base = jnp.zeros((batch, num_q, num_prompt + num_frames), jnp.int32)
     base = base.at[:, :, :num_prompt].set(jnp.where(in_prompt, prompt, 0))
-    ctx = (text, text_len, prompt_len, gen_len, task)
+    if semantic is not None:  # (prompt ids [B, P], generated-frame ids [B, G]) -> packed [B, P+G]
+        prompt_sem, gen_sem = semantic
+        packed = jnp.zeros((batch, 1, num_prompt + num_frames), jnp.int32)
+        packed = packed.at[:, 0, :num_prompt].set(prompt_sem.astype(jnp.int32))
+        semantic = _place(packed, gen_sem[:, None].astype(jnp.int32), prompt_len)[:, 0]
+    ctx = (text, text_len, prompt_len, gen_len, task, semantic)
     passes, counts = jnp.int32(0), []
     for level in range(start_level, num_q + 1):
         gen, passes, c = _decode_level(
@@ -287,6 +299,7 @@ def masked_generate(
     key: jax.Array,
     task: jax.Array | None = None,  # int32[B], default 0 (TTS)
     given: jax.Array | None = None,  # int32[B, Q', G]: levels 1..start_level-1 (Q' >= those)
+    semantic: tuple[jax.Array, jax.Array] | None = None,  # (int32[B, P], int32[B, G]) ids
     *,
     cfg: LMConfig,
     num_frames: int,
@@ -305,6 +318,7 @@ def masked_generate(
         key,
         task,
         given,
+        semantic,
         cfg=cfg,
         num_frames=num_frames,
         schedule=schedule,

@@ -22,6 +22,9 @@ class LMConfig:
     codebook_size: int = 1024
     text_vocab_size: int = 256  # set from the symbol table of the token corpus
     num_tasks: int = 8  # task embedding rows (SpeechX); 0 is TTS
+    # > 0: semantic token ids (k-means of HuBERT/WavLM features, one per frame) condition the
+    # masked decoder, their embedding added to each frame (SoundStorm); row K is the null id
+    semantic_vocab_size: int = 0
     num_layers: int = 12
     width: int = 1024
     num_heads: int = 16
@@ -67,6 +70,10 @@ class LMConfig:
     @property
     def pad_id(self) -> int:
         return self.codebook_size + 3
+
+    @property
+    def semantic_null_id(self) -> int:
+        return self.semantic_vocab_size
 
     @property
     def audio_vocab_size(self) -> int:

@@ -143,3 +143,8 @@ def drop_condition(
     empty = jnp.zeros_like(text).at[:, 0].set(BOS_ID).at[:, 1].set(EOS_ID)
     text = jnp.where(drop[:, None], empty, text)
     return text, jnp.where(drop, 2, text_len), tokens
+
+
+def drop_semantic(drop: jax.Array, semantic: jax.Array, null_id: int) -> jax.Array:
+    """semantic[B, T] with every id of the rows where drop[B] replaced by the null id."""
+    return jnp.where(drop[:, None], null_id, semantic)

@@ -4,6 +4,7 @@
     ├─ text_embed     [Vt, D]         phoneme/grapheme ids (BOS/EOS/pad from the symbol table)
     ├─ task_embed     [num_tasks, D]  added to the text BOS slot (SpeechX task tokens; 0 = TTS)
     ├─ audio_embed    [Q, V + 4, D]   one table per codebook level: codes, EOS, BOS, MASK, PAD
+    ├─ semantic_embed [K + 1, D]      (cfg.semantic_vocab_size = K > 0) frame condition, K = null
     ├─ backbone                       one stack run causally (AR) or bidirectionally (NAR) ...
     │  (or ar_backbone + nar_backbone when cfg.shared_backbone is False)
     ├─ ar_head        [D, V + 1]      level-1 codes and EOS
@@ -52,6 +53,12 @@ class CodecLM(nn.Module):
             nn.with_logical_partitioning(embed_init, ("levels", "vocab", "embed")),
             (cfg.num_codebooks, cfg.audio_vocab_size, d),
         )
+        if cfg.semantic_vocab_size:
+            self.semantic_embed = self.param(
+                "semantic_embed",
+                nn.with_logical_partitioning(embed_init, ("vocab", "embed")),
+                (cfg.semantic_vocab_size + 1, d),
+            )
         if cfg.shared_backbone:
             self.backbone = TransformerStack(cfg.stack(True), self.dtype, self.deterministic)
         else:
@@ -153,14 +160,22 @@ class CodecLM(nn.Module):
         return jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
 
     # -- masked (SoundStorm) --------------------------------------------------------------------
-    def masked_logits(self, text, text_len, tokens, code_len, level, task) -> jax.Array:
+    def masked_logits(
+        self, text, text_len, tokens, code_len, level, task, semantic=None
+    ) -> jax.Array:
         """float32[B, T, V]: logits of codebook `level` (1-based scalar, may be traced) at every
         frame of tokens[B, Q, T], where any entry may be the MASK id (nclm.lm.layout.masked_input).
-        Bidirectional pass over [text | frames]; each frame embeds the sum of its Q level ids.
+        Bidirectional pass over [text | frames]; each frame embeds the sum of its Q level ids,
+        plus the embedding of its semantic id (semantic[B, T]) when the model has them.
         Level 1 is read out by the AR head's code columns, levels 2..Q by the NAR heads: one
         parameter tree serves the AR, NAR and masked decoders."""
         num_text, num_frames = text.shape[1], tokens.shape[2]
-        x = jnp.concatenate([self.embed_text(text, task), self.embed_audio(tokens)], axis=1)
+        frames = self.embed_audio(tokens)
+        if self.cfg.semantic_vocab_size:
+            if semantic is None:  # no semantic condition: the null id (what guidance drops to)
+                semantic = jnp.full(tokens.shape[::2], self.cfg.semantic_null_id, jnp.int32)
+            frames = frames + jnp.take(self.semantic_embed, semantic, axis=0)
+        x = jnp.concatenate([self.embed_text(text, task), frames], axis=1)
         pos = layout.positions(text_len, num_text, num_frames)
         mask = layout.attention_mask(text_len, code_len, num_text, num_frames, causal=False)
         conv_mask = layout.key_valid(jnp.zeros_like(text_len), code_len, num_text, num_frames)
@@ -178,6 +193,15 @@ class CodecLM(nn.Module):
             codes[:, 0], code_len, self.cfg.bos_id, self.cfg.eos_id, self.cfg.pad_id
         )
         ar = self.ar_logits(text, text_len, audio_in, code_len + 1, task)
+        if self.cfg.semantic_vocab_size:  # create the semantic table too
+            semantic = jnp.zeros(codes.shape[::2], jnp.int32)
+            ar = (
+                ar
+                + 0
+                * self.masked_logits(
+                    text, text_len, codes, code_len, jnp.int32(1), task, semantic
+                ).sum()
+            )
         if self.cfg.num_codebooks < 2:
             return ar, None
         visible = layout.nar_levels_visible(

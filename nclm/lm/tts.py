@@ -1,8 +1,9 @@
-"""Text to speech with a CodecLM and its codec (VALL-E inference), as a library.
+"""Text to speech with a CodecLM and its codec (VALL-E / SoundStorm inference), as a library.
 
     synth = Synthesizer("runs/lm", "runs/codec")
     wav = synth.synthesize("Hello there.", "voice.wav", "What the voice says.", sampling, seed=0)
     wavs = synth.synthesize_batch([Request(text, prompt, prompt_text), ...], sampling, seed=0)
+    wav = synth.synthesize(..., mode="masked", target_seconds=2.0, schedule=MaskedSchedule())
 
 Each target text is split into sentences (after . ! ? ; followed by a space; punctuation kept).
 Per sentence, with the prompt's codes from `codec.encode` (the LM's Q levels):
@@ -11,6 +12,17 @@ Per sentence, with the prompt's codes from `codec.encode` (the LM's Q levels):
     AR        level-1 codes following the prompt's level-1 codes, until EOS or max_new
     NAR       levels 2..Q of the new frames, greedily, seeing every level of the prompt frames
     codec     decodes the new frames only: the output never contains the prompt
+
+Modes (MODES) replace the AR and NAR rows above; the text ids are the same in each:
+
+    ar         AR then NAR, as above
+    masked     every level of G frames by `masked_generate` (start_level 1), seeing every level
+               of the prompt frames; G = target frames (below), not stopped by EOS
+    ar+masked  AR level 1, then levels 2..Q by `masked_generate` (given level 1, start_level 2)
+
+Masked decoding follows a `MaskedSchedule` (iterations per level, guidance; nclm/decode/masked.py);
+the `sampling` top-k/top-p filters apply to it too. `run` records each request's model passes of
+masked decoding in `passes` (a guided pass runs the doubled batch once).
 
 The sentences of one request are joined with SENTENCE_GAP_SECONDS of silence.
 
@@ -21,8 +33,11 @@ Limits, from what the trainer recorded in lm.json (optional keys):
                       is left for speech (unrecorded: MAX_PROMPT_SECONDS)
     max_new           ceil(max_seconds x frame rate) when given; else FRAMES_PER_TOKEN x the
                       sentence's tokens, capped at max_audio_frames - prompt frames when recorded
+    target frames     (masked) round(target_seconds x frame rate) when given; else the prompt's
+                      speaking rate, prompt frames / transcript tokens x the sentence's tokens
+                      (`estimate_frames`); capped like max_new (max_seconds, max_audio_frames)
 
-Shapes are padded to buckets (text TEXT_BUCKET ids; prompt, max_new and the NAR frames
+Shapes are padded to buckets (text TEXT_BUCKET ids; prompt, max_new, the NAR and masked frames
 FRAME_BUCKET frames; batch rows a power of two up to `batch_size`) so that repeated calls reuse
 compiled programs. `plan` does every check from metadata, audio headers and text alone; weights
 load at the first `run`. Batch k of a run samples with fold_in(PRNGKey(seed), k): the output is
@@ -43,15 +58,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nclm.decode.masked import MaskedSchedule, estimate_frames
 from nclm.decode.sampling import SamplingConfig
 from nclm.lm.config import LMConfig
 
 SENTENCE_GAP_SECONDS = 0.15
 TEXT_BUCKET = 32  # text ids
-FRAME_BUCKET = 64  # prompt frames, max_new, NAR frames
+FRAME_BUCKET = 64  # prompt frames, max_new, NAR and masked frames
 FRAMES_PER_TOKEN = 16  # max_new per target token when max_seconds is not given
 MAX_PROMPT_SECONDS = 20.0  # prompt cap when the checkpoint does not record max_audio_frames
 DEFAULT_SAMPLING = SamplingConfig()  # temperature 1, no filtering (VALL-E)
+DEFAULT_SCHEDULE = MaskedSchedule()  # SoundStorm's 16, 1, 1, ... iterations; guidance 0 -> 2
+MODES = ("ar", "masked", "ar+masked")
 _OPTION = {"text": "--text", "prompt": "--prompt", "prompt_text": "--prompt-text"}
 
 
@@ -74,7 +92,7 @@ class _Segment:
     request: int
     prompt: int  # index into Plan.prompts
     text: np.ndarray  # int32[n]: BOS, transcript, WORD, sentence, EOS
-    max_new: int
+    max_new: int  # AR: most new frames; masked: the target frames
 
 
 @dataclass(frozen=True)
@@ -85,6 +103,7 @@ class Plan:
     num_requests: int
     prompts: list[np.ndarray]
     segments: list[_Segment]
+    mode: str = "ar"
 
 
 def split_sentences(text: str) -> list[str]:
@@ -168,11 +187,15 @@ class Synthesizer:
 
     # -- checks (no model work) ----------------------------------------------------------------
     def plan(
-        self, requests: list[Request], resample: bool = False, max_seconds: float | None = None
+        self,
+        requests: list[Request],
+        resample: bool = False,
+        max_seconds: float | None = None,
+        mode: str = "ar",
+        target_seconds: float | None = None,
     ) -> Plan:
         """Checks every request and reads its prompt audio; ValueError (one line) otherwise."""
-        if max_seconds is not None and not max_seconds > 0:
-            raise ValueError(f"--max-seconds must be > 0, got {max_seconds}")
+        self._check_limits(max_seconds, mode, target_seconds)
         sentences = [self._check_text(request) for request in requests]
         prompts: list[np.ndarray] = []
         prompt_index: list[int] = []
@@ -191,9 +214,28 @@ class Synthesizer:
             num_frames = math.ceil(len(prompts[p]) / self.codec_cfg.hop_length)
             request_tokens = [next(tokens) for _ in range(1 + len(sentences[i]))]
             for text, num_tokens in self._text_ids(request, sentences[i], request_tokens):
-                max_new = self._max_new(num_tokens, num_frames, max_seconds)
+                if mode == "masked":
+                    max_new = self._target_frames(
+                        num_tokens, len(request_tokens[0]), num_frames, max_seconds, target_seconds
+                    )
+                else:
+                    max_new = self._max_new(num_tokens, num_frames, max_seconds)
                 segments.append(_Segment(i, p, text, max_new))
-        return Plan(len(requests), prompts, segments)
+        return Plan(len(requests), prompts, segments, mode)
+
+    @staticmethod
+    def _check_limits(max_seconds: float | None, mode: str, target_seconds: float | None) -> None:
+        if mode not in MODES:
+            raise ValueError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
+        if max_seconds is not None and not max_seconds > 0:
+            raise ValueError(f"--max-seconds must be > 0, got {max_seconds}")
+        if target_seconds is not None and mode != "masked":
+            raise ValueError(
+                f"--target-seconds sets the length of --mode masked; in --mode {mode} the AR "
+                "decoder stops at its EOS (cap it with --max-seconds)"
+            )
+        if target_seconds is not None and not target_seconds > 0:
+            raise ValueError(f"--target-seconds must be > 0, got {target_seconds}")
 
     def _check_text(self, request: Request) -> list[str]:
         from nclm.text.frontend import normalize_text
@@ -279,6 +321,24 @@ class Synthesizer:
             cap = min(cap, int(self.max_audio_frames) - prompt_frames)
         return max(1, cap)
 
+    def _target_frames(
+        self,
+        num_tokens: int,
+        prompt_tokens: int,
+        prompt_frames: int,
+        max_seconds: float | None,
+        target_seconds: float | None,
+    ) -> int:
+        if target_seconds is not None:
+            frames = max(1, round(target_seconds * self.frame_rate))
+        else:
+            frames = estimate_frames(prompt_frames, prompt_tokens, num_tokens)
+        if max_seconds is not None:
+            frames = min(frames, math.ceil(max_seconds * self.frame_rate))
+        if self.max_audio_frames:
+            frames = min(frames, int(self.max_audio_frames) - prompt_frames)
+        return max(1, frames)
+
     # -- synthesis -----------------------------------------------------------------------------
     def synthesize(
         self,
@@ -290,10 +350,15 @@ class Synthesizer:
         *,
         max_seconds: float | None = None,
         resample: bool = False,
+        mode: str = "ar",
+        target_seconds: float | None = None,
+        schedule: MaskedSchedule = DEFAULT_SCHEDULE,
     ) -> np.ndarray:
         """float32[S] at `sample_rate`: `text` spoken in the voice of the prompt."""
         request = Request(text, prompt_wav, prompt_text)
-        return self.synthesize_batch([request], sampling, seed, max_seconds, resample)[0]
+        return self.synthesize_batch(
+            [request], sampling, seed, max_seconds, resample, mode, target_seconds, schedule
+        )[0]
 
     def synthesize_batch(
         self,
@@ -302,20 +367,39 @@ class Synthesizer:
         seed: int = 0,
         max_seconds: float | None = None,
         resample: bool = False,
+        mode: str = "ar",
+        target_seconds: float | None = None,
+        schedule: MaskedSchedule = DEFAULT_SCHEDULE,
     ) -> list[np.ndarray]:
-        return self.run(self.plan(list(requests), resample, max_seconds), sampling, seed)
+        plan = self.plan(list(requests), resample, max_seconds, mode, target_seconds)
+        return self.run(plan, sampling, seed, schedule)
 
-    def run(self, plan: Plan, sampling: SamplingConfig, seed: int) -> list[np.ndarray]:
+    def run(
+        self,
+        plan: Plan,
+        sampling: SamplingConfig,
+        seed: int,
+        schedule: MaskedSchedule = DEFAULT_SCHEDULE,
+    ) -> list[np.ndarray]:
         """float32[S] per request: its sentences' speech joined by SENTENCE_GAP_SECONDS."""
+        if plan.mode != "ar":
+            try:
+                schedule.steps(self.cfg.num_codebooks)
+            except ValueError as e:
+                raise ValueError(f"--iterations: {e}") from None
         self._load()
         prompts = [self._encode(wav) for wav in plan.prompts]  # int32[Q, P_i] each
         speech: list[np.ndarray] = [np.zeros(0, np.float32)] * len(plan.segments)
+        self.passes = [0] * plan.num_requests
         key = jax.random.PRNGKey(seed)
         for k, rows in enumerate(self._batches(plan, prompts)):
             segments = [plan.segments[i] for i in rows]
-            wavs = self._generate(segments, prompts, jax.random.fold_in(key, k), sampling)
+            wavs, passes = self._generate(
+                segments, prompts, jax.random.fold_in(key, k), sampling, plan.mode, schedule
+            )
             for i, wav in zip(rows, wavs):
                 speech[i] = wav
+                self.passes[plan.segments[i].request] += passes
         gap = np.zeros(round(SENTENCE_GAP_SECONDS * self.sample_rate), np.float32)
         parts: list[list[np.ndarray]] = [[] for _ in range(plan.num_requests)]
         for segment, wav in zip(plan.segments, speech):
@@ -352,53 +436,65 @@ class Synthesizer:
             for start in range(0, len(rows), self.batch_size)
         ]
 
-    def _generate(
-        self, segments: list[_Segment], prompts: list[np.ndarray], key: jax.Array, sampling
-    ) -> list[np.ndarray]:
-        """AR, NAR and codec decoding of one bucket; padding rows repeat the first segment."""
-        from nclm.decode.ar import ar_generate
-        from nclm.decode.nar import nar_generate
-
-        n = len(segments)
-        num_rows = min(1 << (n - 1).bit_length(), self.batch_size)
-        rows = segments + [segments[0]] * (num_rows - n)
+    def _inputs(self, rows: list[_Segment], prompts: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+        """(text int32[B, Lt], text_len, prompt int32[B, Q, P], prompt_len), padded to buckets."""
         codes = [prompts[s.prompt] for s in rows]
         num_text = _round_up(max(len(s.text) for s in rows), TEXT_BUCKET)
         num_prompt = _round_up(max(c.shape[1] for c in codes), FRAME_BUCKET)
-        max_new = _round_up(max(s.max_new for s in rows), FRAME_BUCKET)
-        text = np.zeros((num_rows, num_text), np.int32)
-        prompt = np.zeros((num_rows, self.cfg.num_codebooks, num_prompt), np.int32)
+        text = np.zeros((len(rows), num_text), np.int32)
+        prompt = np.zeros((len(rows), self.cfg.num_codebooks, num_prompt), np.int32)
         for b, (s, c) in enumerate(zip(rows, codes)):
             text[b, : len(s.text)] = s.text
             prompt[b, :, : c.shape[1]] = c
         text_len = np.array([len(s.text) for s in rows], np.int32)
         prompt_len = np.array([c.shape[1] for c in codes], np.int32)
-        ar_key, nar_key = jax.random.split(key)
+        return text, text_len, prompt, prompt_len
+
+    def _generate(
+        self,
+        segments: list[_Segment],
+        prompts: list[np.ndarray],
+        key: jax.Array,
+        sampling: SamplingConfig,
+        mode: str,
+        schedule: MaskedSchedule,
+    ) -> tuple[list[np.ndarray], int]:
+        """(speech per segment, masked model passes) of one bucket, decoded in `mode`; padding
+        rows repeat the first segment."""
+        from nclm.decode.ar import ar_generate
+        from nclm.decode.masked import masked_generate
+        from nclm.decode.nar import nar_generate
+
+        n = len(segments)
+        num_rows = min(1 << (n - 1).bit_length(), self.batch_size)
+        rows = segments + [segments[0]] * (num_rows - n)
+        inputs = self._inputs(rows, prompts)
+        text, text_len, prompt, prompt_len = inputs
+        budget = np.array([s.max_new for s in rows], np.int32)  # AR: most frames; masked: all
+        num_frames = _round_up(int(budget.max()), FRAME_BUCKET)
         common = {"cfg": self.cfg, "dtype": self.dtype}
-        level1, lengths = ar_generate(
-            self._params,
-            text,
-            text_len,
-            prompt[:, 0],
-            prompt_len,
-            ar_key,
-            max_new=max_new,
-            sampling=sampling,
-            min_new=1,
-            **common,
-        )
-        lengths = np.minimum(np.asarray(lengths), [s.max_new for s in rows]).astype(np.int32)
-        num_gen = min(max_new, _round_up(int(lengths.max()), FRAME_BUCKET))
-        frames = nar_generate(
-            self._params,
-            text,
-            text_len,
-            prompt,
-            prompt_len,
-            level1[:, :num_gen],
-            lengths,
-            nar_key,
-            **common,
-        )
+        masked = {"schedule": schedule, **common}
+        if mode == "masked":
+            lengths = budget
+            frames, passes = masked_generate(
+                self._params, *inputs, lengths, key, num_frames=num_frames, **masked
+            )
+        else:
+            ar_key, key = jax.random.split(key)
+            level1, lengths = ar_generate(
+                self._params, text, text_len, prompt[:, 0], prompt_len, ar_key,
+                max_new=num_frames, sampling=sampling, min_new=1, **common,
+            )  # fmt: skip
+            lengths = np.minimum(np.asarray(lengths), budget).astype(np.int32)
+            num_frames = min(num_frames, _round_up(int(lengths.max()), FRAME_BUCKET))
+            level1 = level1[:, :num_frames]
+            if mode == "ar":
+                frames = nar_generate(self._params, *inputs, level1, lengths, key, **common)
+                passes = 0
+            else:
+                frames, passes = masked_generate(
+                    self._params, *inputs, lengths, key, given=level1[:, None],
+                    num_frames=num_frames, start_level=2, **masked,
+                )  # fmt: skip
         wavs, samples = self._codec.decode(np.asarray(frames), lengths)
-        return [wavs[b, : samples[b]] for b in range(n)]
+        return [wavs[b, : samples[b]] for b in range(n)], int(passes)

@@ -116,6 +116,14 @@ def masked_terms(
     text, text_len, tokens = layout.drop_condition(
         drop, batch["text"], batch["text_len"], tokens, prompt_len, cfg.mask_id
     )
+    semantic = None
+    if cfg.semantic_vocab_size:
+        if "semantic" not in batch:
+            raise ValueError(
+                f"lm.semantic_vocab_size={cfg.semantic_vocab_size} but the token corpus has no "
+                "semantic ids (nclm tokens extract --semantic DIR)"
+            )
+        semantic = layout.drop_semantic(drop, batch["semantic"], cfg.semantic_null_id)
     logits = model.apply(
         {"params": params},
         text,
@@ -124,6 +132,7 @@ def masked_terms(
         code_len,
         level,
         jnp.zeros_like(code_len),
+        semantic,
         method=CodecLM.masked_logits,
         rngs=rngs,
     )

@@ -51,6 +51,12 @@ from nclm.train.run_dir import check_workdir, host_params, truncate_metrics, wri
 
 log = logging.getLogger("nclm.train")
 BATCH_KEYS = ("text", "text_len", "codes", "code_len")
+BATCH_RANKS = {"text": 2, "text_len": 1, "codes": 3, "code_len": 1, "semantic": 2}
+
+
+def batch_keys(lm: LMConfig) -> tuple[str, ...]:
+    """The arrays a training batch carries: semantic ids too when the model is conditioned."""
+    return BATCH_KEYS + (("semantic",) if lm.semantic_vocab_size else ())
 
 
 def _read_index(tokens_dir: str, option: str) -> dict:
@@ -69,8 +75,14 @@ def _check_tokens(lm: LMConfig, index: dict, option: str) -> None:
         )
 
 
-def _global_batch(local: dict, mesh, rules) -> dict:
-    return {k: global_batch_array(np.asarray(local[k], np.int32), mesh, rules) for k in BATCH_KEYS}
+def _global_batch(local: dict, mesh, rules, keys=BATCH_KEYS) -> dict:
+    missing = [k for k in keys if k not in local]
+    if missing:
+        raise ConfigError(
+            f"the token corpus has no {missing} (semantic ids: nclm tokens extract --semantic DIR,"
+            " or --config.lm.semantic_vocab_size=0)"
+        )
+    return {k: global_batch_array(np.asarray(local[k], np.int32), mesh, rules) for k in keys}
 
 
 def train_lm(
@@ -107,7 +119,7 @@ def train_lm(
     )
     train_iter = make_token_iterator(d.train, seed=cfg.seed, **buckets)
     valid = make_eval_batches(d.valid, **buckets, max_batches=d.eval_batches) if d.valid else []
-    eval_batches = [_global_batch(b, mesh, rules) for b in valid]
+    eval_batches = [_global_batch(b, mesh, rules, batch_keys(lm_cfg)) for b in valid]
 
     # ---- model, optimizer, shardings, restore --------------------------------------------------
     trainer = build_lm_trainer(cfg, lm_cfg, mesh)
@@ -146,7 +158,9 @@ def train_lm(
     try:
         while step < end and stop["signal"] is None:
             local = next(train_iter)
-            state, metrics = trainer.step(state, _global_batch(local, mesh, rules), step_key)
+            state, metrics = trainer.step(
+                state, _global_batch(local, mesh, rules, batch_keys(lm_cfg)), step_key
+            )
             step += 1
             bar.update(1)
             timer["tokens"] += float(np.sum(local["code_len"]) + np.sum(local["text_len"]))
@@ -245,10 +259,7 @@ def build_lm_trainer(cfg: ml_collections.ConfigDict, lm_cfg: LMConfig, mesh) -> 
     boxed = jax.eval_shape(init_state, jax.random.PRNGKey(0))
     abstract = nn.meta.unbox(boxed)
     state_sh = tree_shardings(nn.get_partition_spec(boxed), abstract, mesh, rules)
-    batch_sh = {
-        k: batch_sharding(mesh, 3 if k == "codes" else (2 if k == "text" else 1), rules)
-        for k in BATCH_KEYS
-    }
+    batch_sh = {k: batch_sharding(mesh, BATCH_RANKS[k], rules) for k in batch_keys(lm_cfg)}
     init = jax.jit(lambda k: nn.meta.unbox(init_state(k)), out_shardings=state_sh)
     step = jax.jit(
         make_lm_train_step(lm_cfg, objective, tx, dtype),

@@ -190,3 +190,52 @@ def test_prompt_given_and_padding_untouched_and_cosine_counts(setup):
         ]
         want[-1] = [0, 0]
         np.testing.assert_array_equal(np.asarray(c), want)
+
+
+def test_semantic_condition_changes_the_output_and_guidance_drops_it():
+    """A model with semantic ids (SoundStorm's condition): decoding reads them, and the guidance's
+    unconditional half uses the null id (w = -1 equals decoding with every id null)."""
+    cfg = dataclasses.replace(CFG, semantic_vocab_size=10)
+    params = nn.meta.unbox(init_lm(cfg, jax.random.PRNGKey(0)))["params"]
+    assert params["semantic_embed"].shape == (11, cfg.width)
+    rng = np.random.default_rng(9)
+    b, p = 2, 4
+    text = jnp.asarray(rng.integers(3, 20, (b, 6)), jnp.int32)
+    args = (
+        params,
+        text,
+        jnp.asarray([6, 4]),
+        jnp.asarray(rng.integers(0, 16, (b, 3, p)), jnp.int32),
+        jnp.asarray([4, 2]),
+        jnp.asarray([G, G - 2]),
+        jax.random.PRNGKey(3),
+    )
+    sem = (jnp.asarray(rng.integers(0, 10, (b, p))), jnp.asarray(rng.integers(0, 10, (b, G))))
+    null = tuple(jnp.full_like(s, 10) for s in sem)
+    plain = dataclasses.replace(SCHED, sample_temperature=0.0, temperature=0.0)
+
+    def run(semantic, schedule):
+        return np.asarray(
+            M.masked_generate(*args, semantic=semantic, cfg=cfg, num_frames=G, schedule=schedule)[0]
+        )
+
+    with_sem, without = run(sem, plain), run(null, plain)
+    assert not np.array_equal(with_sem, without)
+    uncond = dataclasses.replace(plain, guidance="constant", guidance_max=-1.0)
+    text0, len0, prompt0 = layout.drop_condition(
+        jnp.ones(b, bool), args[1], args[2], args[3], args[4], cfg.mask_id
+    )
+    dropped = np.asarray(
+        M.masked_generate(
+            args[0],
+            text0,
+            len0,
+            prompt0,
+            *args[4:],
+            semantic=null,
+            cfg=cfg,
+            num_frames=G,
+            schedule=plain,
+        )[0]
+    )
+    np.testing.assert_array_equal(run(sem, uncond), dropped)

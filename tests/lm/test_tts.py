@@ -3,7 +3,8 @@ tiny random LM (graphemes), through `nclm.cli.main`; every bad input fails with 
 any weights load.
 
 The LM records max_audio_frames = 160 (so prompts up to 80 frames = 1.6 s) and every run uses a
-1 s prompt (50 frames): the single-request runs share one AR and one NAR program.
+1 s prompt (50 frames): the single-request runs share one AR and one NAR program, and the masked
+runs (TEXT's sentences estimated at 64 and 45 frames, or --target-seconds 0.5) one masked one.
 """
 
 import json
@@ -88,18 +89,40 @@ def test_plan_layout_and_limits(setup):
     assert synth.plan([Request("Hi.", setup / "voice.wav", "x")], max_seconds=1.0).segments[
         0
     ].max_new == round(1.0 * SR / HOP)
+    # masked: the prompt's 50 frames / 11 transcript tokens x the sentence's tokens, or the target
+    request = Request("Hi. The dog!", setup / "voice.wav", PROMPT_TEXT)
+    masked = synth.plan([request], mode="masked")
+    assert [s.max_new for s in masked.segments] == [round(50 / 11 * 3), round(50 / 11 * 8)]
+    masked = synth.plan([request], mode="masked", target_seconds=4.0)
+    assert [s.max_new for s in masked.segments] == [160 - 50] * 2  # capped like AR's max_new
 
 
-def test_tts_writes_speech_deterministically(setup, capsys):
-    outs = [setup / f"out_{name}.wav" for name in ("a", "b", "c")]
+@pytest.mark.parametrize("mode", ["ar", "masked", "ar+masked"])
+def test_tts_writes_speech_deterministically(setup, capsys, mode):
+    outs = [setup / f"out_{mode}_{name}.wav" for name in ("a", "b", "c")]
     for out, seed in zip(outs, ("0", "0", "1")):
-        main(_single(setup, out, TEXT, "voice.wav", "--seed", seed, "--top-k", "50"))
-    assert capsys.readouterr().out.count("wrote") == 3
+        main(
+            _single(setup, out, TEXT, "voice.wav", "--seed", seed, "--top-k", "50", "--mode", mode)
+        )
+    printed = capsys.readouterr().out
+    assert printed.count("wrote") == 3
     a, b, c = (sf.read(out, dtype="float32") for out in outs)
     assert a[1] == SR and len(a[0]) > GAP
     assert (len(a[0]) - GAP) % HOP == 0  # two sentences joined by the gap, whole frames each
     np.testing.assert_array_equal(a[0], b[0])
     assert len(a[0]) != len(c[0]) or not np.array_equal(a[0], c[0])
+    if mode == "masked":  # 64 + 45 estimated frames; 16 + 1 + 1 + 1 passes per sentence
+        assert len(a[0]) == (64 + 45) * HOP + GAP and "; 38 masked decoding passes" in printed
+    if mode == "ar+masked":  # levels 2..4, one pass each
+        assert "; 6 masked decoding passes" in printed
+
+
+def test_target_seconds_sets_the_masked_length(setup, capsys):
+    out = setup / "target.wav"
+    flags = ["--mode", "masked", "--target-seconds", "0.5", "--top-k", "50"]  # a compiled bucket
+    main(_single(setup, out, TEXT, "voice.wav", *flags))
+    wav, rate = sf.read(out, dtype="float32")
+    assert rate == SR and len(wav) == 2 * 25 * HOP + GAP  # 25 frames per sentence
 
 
 def test_tts_batch_mode(setup, capsys):
@@ -173,7 +196,26 @@ def _bad_inputs(root) -> dict[str, tuple[list[str], tuple[str, ...]]]:
             _tts(root, "--batch", str(root / "bad.jsonl")),
             ("bad.jsonl:1", "missing ['prompt_text', 'out']"),
         ),
+        "bad iterations": (_masked(root, out, "--iterations", "16,0"), ("--iterations 16,0",)),
+        "iterations syntax": (_masked(root, out, "--iterations", "16;1"), ("e.g. 16,1",)),
+        "too many iterations": (
+            _masked(root, out, "--iterations", "4,1,1,1,1"),
+            ("--iterations", "4 codebook levels"),
+        ),
+        "bad guidance": (_masked(root, out, "--guidance", "up"), ("--guidance up", "ramp_up")),
+        "masked flag in ar mode": (
+            _single(root, out, "hi", "voice.wav", "--span", "3"),
+            ("--span", "--mode masked"),
+        ),
+        "target in ar mode": (
+            _single(root, out, "hi", "voice.wav", "--target-seconds", "1"),
+            ("--target-seconds", "--mode ar", "--max-seconds"),
+        ),
     }
+
+
+def _masked(root, out, *extra: str) -> list[str]:
+    return _single(root, out, "hi", "voice.wav", "--mode", "masked", *extra)
 
 
 @pytest.mark.parametrize(
@@ -189,6 +231,12 @@ def _bad_inputs(root) -> dict[str, tuple[list[str], tuple[str, ...]]]:
         "bad output",
         "bad sampling",
         "batch keys",
+        "bad iterations",
+        "iterations syntax",
+        "too many iterations",
+        "bad guidance",
+        "masked flag in ar mode",
+        "target in ar mode",
     ],
 )
 def test_bad_input_fails_in_one_line_before_model_work(setup, capsys, monkeypatch, case):

@@ -253,3 +253,23 @@ def test_resume_equals_uninterrupted_and_exports(tmp_path):
     assert meta["codec"]["codec_id"] == "fake-codec" and meta["max_audio_frames"] == 95
     _, params_a, _, _ = load_lm(tmp_path / "straight" / "lm")
     jax.tree_util.tree_map(np.testing.assert_array_equal, params, params_a)
+
+
+def test_semantic_condition_trains_with_the_masked_objective():
+    """semantic_vocab_size > 0: batches carry semantic ids and the masked objective learns their
+    embedding (without condition dropout the null row stays untouched)."""
+    lm = dataclasses.replace(LM, semantic_vocab_size=5)
+    cfg = _cfg(lm)
+    cfg.objective.masked_weight, cfg.objective.cond_drop = 1.0, 0.0
+    batch = _batch([_utterance(i, 12, 4) for i in range(2)])
+    trainer = build_lm_trainer(cfg, lm, make_mesh({"data": 1}, jax.devices()[:1]))
+    state = trainer.init(jax.random.PRNGKey(0))
+    before = np.asarray(state.params["semantic_embed"])
+    semantic = np.random.default_rng(0).integers(0, 5, batch["code_len"].shape + (32,))
+    for _ in range(2):  # the warm-up's learning rate is 0 at step 0
+        state, metrics = trainer.step(
+            state, {**batch, "semantic": semantic.astype(np.int32)}, jax.random.PRNGKey(1)
+        )
+    assert metrics["nonfinite"] == 0 and metrics["masked/tokens"] > 0
+    changed = np.abs(np.asarray(state.params["semantic_embed"]) - before).max(-1) > 0
+    assert changed[:5].any() and not changed[5]
