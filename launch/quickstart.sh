@@ -3,15 +3,16 @@
 #   1. set up (.venv, espeak-ng), 2. synthesize a small multi-speaker corpus, split by speaker,
 #   3. train a small DAC-style codec, 4. evaluate it on the held-out test speakers,
 #   5. encode and decode a held-out utterance, printing the codes' shape and bitrate,
-#   6. extract the corpus's codec tokens and phonemes, 7. train a tiny VALL-E (AR + NAR),
-#   8. synthesize a sentence in a held-out speaker's voice (zero-shot TTS from a prompt).
+#   6. extract the corpus's codec tokens and phonemes, 7. train a tiny codec LM (VALL-E AR + NAR
+#   and SoundStorm masked objectives on one parameter tree), 8. synthesize a sentence in a
+#   held-out speaker's voice from a prompt (zero-shot TTS), with AR + NAR and masked decoding.
 # Everything lands in runs/quickstart/ (or $1). Re-running resumes training where it stopped.
-# QUICKSTART_STEPS / QUICKSTART_LM_STEPS override the training steps (default 500 / 400).
+# QUICKSTART_STEPS / QUICKSTART_LM_STEPS override the training steps (default 500 / 250).
 set -euo pipefail
 source "$(dirname "$0")/setup.sh"
 run=${1:-runs/quickstart}
 steps=${QUICKSTART_STEPS:-500}
-lm_steps=${QUICKSTART_LM_STEPS:-400}
+lm_steps=${QUICKSTART_LM_STEPS:-250}
 mkdir -p "$run"
 
 if [ ! -f "$run/corpus/test.jsonl" ]; then
@@ -70,6 +71,9 @@ PY
 cp "$prompt" "$run/tts_prompt.wav"
 nclm tts --lm "$run/lm_run/lm" --codec "$codec" --prompt "$prompt" --prompt-text "$prompt_text" \
   --text "The quick brown fox jumps over the lazy dog." --out "$run/tts.wav" --seed 0
+nclm tts --lm "$run/lm_run/lm" --codec "$codec" --prompt "$prompt" --prompt-text "$prompt_text" \
+  --text "The quick brown fox jumps over the lazy dog." --out "$run/tts_masked.wav" --seed 0 \
+  --mode masked
 python - "$run" <<'PY'
 # LM summary
 import json, sys
@@ -80,6 +84,9 @@ levels = sorted({k.split("/")[1] for k in ev if k.startswith("eval/nar_")})
 print(f"LM validation (held-out speakers) at step {ev['step']}: AR loss {ev['eval/ar/loss']:.3f} "
       f"top-1 {ev['eval/ar/top1']:.3f}; NAR top-1 " + ", ".join(
           f"{lvl[4:]}: {ev[f'eval/{lvl}/top1']:.3f}" for lvl in levels))
-print(f"run: {run}/lm_run (checkpoints, metrics.jsonl, lm/), {run}/tts.wav "
-      f"(prompt: {run}/tts_prompt.wav)")
+print("masked (SoundStorm) top-1 per level: " + ", ".join(
+    f"{k.split('/')[1][7:]}: {v:.3f}" for k, v in ev.items()
+    if k.startswith("eval/masked_") and k.endswith("/top1")))
+print(f"run: {run}/lm_run (checkpoints, metrics.jsonl, lm/), {run}/tts.wav (AR + NAR) and "
+      f"{run}/tts_masked.wav (masked), prompt: {run}/tts_prompt.wav")
 PY

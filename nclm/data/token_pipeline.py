@@ -6,7 +6,12 @@ shards, in a fixed grid of static shapes.
                              row_multiple=batch_shards(mesh))
     batch = next(it)    # this host's rows of one global batch:
     # {"text": int32[B, Lt]  BOS + ids + EOS, 0-padded     "text_len": int32[B]  (0: empty row)
-    #  "codes": int32[B, Q, T]  0-padded                   "code_len": int32[B]  frames}
+    #  "codes": int32[B, Q, T]  0-padded                   "code_len": int32[B]  frames
+    #  "semantic": int32[B, T]  0-padded, only when the records have semantic ids}
+
+`semantic` (from `nclm tokens extract --semantic`) is aligned with the codes: frame t of row b
+has the semantic id semantic[b, t] (index["semantic"]["num_clusters"] of them); padding frames
+hold 0, a valid id, so code_len is the mask for both.
 
 Buckets: an example with L text ids and T frames goes to the smallest text bucket Lt >= L + 2
 (room for BOS and EOS) and the smallest frame bucket >= T + 1 (room for the EOS frame the LM
@@ -80,6 +85,7 @@ class TokenDataset:
         self.text_len = np.array([n for s in shards for n in s["text_len"]], np.int32)
         self.frames = np.array([n for s in shards for n in s["frames"]], np.int32)
         self.num_codebooks = int(self.index["num_codebooks"])
+        self.semantic = self.index.get("semantic")  # None, or the tokenizer facts of the index
         self._source = grain.sources.ArrayRecordDataSource([str(f) for f in files])
         if len(self._source) != len(self.text_len):
             raise ValueError(
@@ -200,19 +206,29 @@ def load_batch(dataset: TokenDataset, grid: BucketGrid, b: int, ids: np.ndarray)
     codes = np.zeros((rows, dataset.num_codebooks, frame_bucket), np.int32)  # [B, Q, T]
     text_len = np.zeros(rows, np.int32)
     code_len = np.zeros(rows, np.int32)
+    semantic = np.zeros((rows, frame_bucket), np.int32) if dataset.semantic else None  # [B, T]
     real = [row for row, i in enumerate(ids) if i != EMPTY]
     for row, record in zip(real, dataset.records([ids[row] for row in real])):
         ids_l, codes_qt = record["text"], record["codes"]
         length, num_frames = len(ids_l), codes_qt.shape[1]
-        if (length, num_frames) != (dataset.text_len[ids[row]], dataset.frames[ids[row]]):
+        sem_frames = len(record["semantic"]) if "semantic" in record else None
+        if (length, num_frames) != (dataset.text_len[ids[row]], dataset.frames[ids[row]]) or (
+            semantic is not None and sem_frames != num_frames
+        ):
             raise ValueError(
-                f"{dataset.path}: record {ids[row]} ({record['utt_id']}) does not match {INDEX}"
+                f"{dataset.path}: record {ids[row]} ({record['utt_id']}) does not match {INDEX} "
+                f"({length} text ids, {num_frames} frames, semantic ids for {sem_frames})"
             )
         text[row, 0], text[row, 1 : length + 1], text[row, length + 1] = BOS_ID, ids_l, EOS_ID
         text_len[row] = length + 2
         codes[row, :, :num_frames] = codes_qt
         code_len[row] = num_frames
-    return {"text": text, "text_len": text_len, "codes": codes, "code_len": code_len}
+        if semantic is not None:
+            semantic[row, :num_frames] = record["semantic"]
+    batch = {"text": text, "text_len": text_len, "codes": codes, "code_len": code_len}
+    if semantic is not None:
+        batch["semantic"] = semantic
+    return batch
 
 
 class _StreamLoader:

@@ -3,6 +3,7 @@
     nclm tokens extract --codec runs/codec --manifest train.jsonl --out tokens/train
     nclm tokens extract --codec runs/codec --manifest valid.jsonl --out tokens/valid \
         --symbols tokens/train/symbols.json            # valid/test reuse the train split's table
+    nclm tokens extract ... --semantic semantic/       # + k-means ids of HuBERT/WavLM features
 
     <out>/symbols.json                          the SymbolTable (with the text frontend)
     <out>/tokens-KKKKK-of-NNNNN.array_record    records [K * shard_size, (K + 1) * shard_size)
@@ -10,17 +11,23 @@
     <out>/index.json                            everything the LM pipeline needs without reading
                                                 records: codec facts, frontend, shard files,
                                                 per-record text_len and frames per shard
+    <out>/semantic/                             with --semantic: a copy of the tokenizer
+                                                (semantic.json, centroids.npy)
 
 A record is `msgpack_serialize({"codes": int16|int32[Q, T], "text": int32[L], "speaker": str,
 "duration": float, "utt_id": str})`: real frames only, text ids without bos/eos; int16 when the
-codebook fits. Read one back with `decode_record`.
+codebook fits. With --semantic a record also holds "semantic": int32[T], the tokenizer's ids
+moved onto the codec's frames (nclm.data.semantic.to_frames), and index.json gains "semantic":
+{"path": "semantic" (the copy, relative to <out>), "source" (the tokenizer given),
+"num_clusters", "frame_rate" (of the ids before to_frames), "tokenizer_id"}. Without it neither
+key exists, as in earlier extractions. Read a record back with `decode_record`.
 
 Resuming: each shard (and its lengths file, written first) goes to a temporary name and is
 renamed into place, so an existing shard whose lengths file carries this run's fingerprint
-(codec id, manifest bytes, shard size, symbol table) is complete and skipped on a rerun; shards
-of another extraction in --out are an error rather than silently mixed. Hosts split the shards
-(host i writes shards K with K % count == i); whichever host finds every shard done writes
-index.json, so the last one to finish does.
+(codec id, manifest bytes, shard size, symbol table, semantic tokenizer) is complete and skipped
+on a rerun; shards of another extraction in --out are an error rather than silently mixed.
+Hosts split the shards (host i writes shards K with K % count == i); whichever host finds every
+shard done writes index.json, so the last one to finish does.
 """
 
 from __future__ import annotations
@@ -32,13 +39,14 @@ import math
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from flax import serialization
 from tqdm import tqdm
 
-from nclm.atomic import atomic_path, write_atomic
+from nclm.atomic import atomic_path, write_atomic, write_dir_atomic
 from nclm.audio.io import AudioError, audio_info, load_audio
 from nclm.codec.checkpoint import CheckpointError, read_codec_meta
 from nclm.codec.config import CodecConfig
@@ -50,7 +58,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "nclm-tokens"
 VERSION = 1
-INDEX, SYMBOLS = "index.json", "symbols.json"
+INDEX, SYMBOLS, SEMANTIC = "index.json", "symbols.json", "semantic"
 _PHONEMIZE_CHUNK = 512  # texts per phonemizer call: few calls, yet a moving progress bar
 
 
@@ -62,21 +70,28 @@ class TokensError(ValueError):
 
 
 def encode_record(
-    codes: np.ndarray, text: np.ndarray, speaker: str, duration: float, utt_id: str
+    codes: np.ndarray,
+    text: np.ndarray,
+    speaker: str,
+    duration: float,
+    utt_id: str,
+    semantic: np.ndarray | None = None,
 ) -> bytes:
-    return serialization.msgpack_serialize(
-        {
-            "codes": np.ascontiguousarray(codes),
-            "text": np.asarray(text, np.int32),
-            "speaker": speaker,
-            "duration": float(duration),
-            "utt_id": utt_id,
-        }
-    )
+    record = {
+        "codes": np.ascontiguousarray(codes),
+        "text": np.asarray(text, np.int32),
+        "speaker": speaker,
+        "duration": float(duration),
+        "utt_id": utt_id,
+    }
+    if semantic is not None:
+        record["semantic"] = np.asarray(semantic, np.int32)
+    return serialization.msgpack_serialize(record)
 
 
 def decode_record(data: bytes) -> dict:
-    """-> {"codes": int[Q, T], "text": int32[L], "speaker", "duration", "utt_id"}."""
+    """-> {"codes": int[Q, T], "text": int32[L], "speaker", "duration", "utt_id"} (+ "semantic":
+    int32[T] when extracted with a semantic tokenizer)."""
     return serialization.msgpack_restore(data)
 
 
@@ -103,25 +118,42 @@ def extract_tokens(
     progress: bool = True,
     process_index: int | None = None,
     process_count: int | None = None,
+    semantic: str | os.PathLike | None = None,
 ) -> dict:
     """Writes the shards of this host (all of them on one host), then index.json once every
     shard exists. `frontend`: "auto" | "phonemes" | "graphemes" (default "auto", or the kind of
-    `symbols`). Returns a summary dict."""
+    `symbols`). `semantic`: a tokenizer directory of `nclm tokens semantic-fit`. Returns a
+    summary dict."""
     import jax
+
+    from nclm.data.semantic import SemanticTokenizer, check_tokenizer
 
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
     out = Path(out)
     cfg, codec_id = _check_inputs(codec_dir, manifest, out, symbols, batch_size, shard_size)
+    sem_index = None
+    if semantic is not None:
+        sem_meta = check_tokenizer(semantic)  # a clear error before any work
+        sem_index = {
+            "path": SEMANTIC,  # the copy in --out
+            "source": str(Path(semantic).absolute()),
+            "num_clusters": sem_meta["num_clusters"],
+            "frame_rate": sem_meta["frame_rate"],  # of the ids before `to_frames`
+            "tokenizer_id": sem_meta["tokenizer_id"],
+        }
     lines = read_manifest_lines(manifest)
     texts = _texts(manifest, lines)
     table, text_ids = _text_ids(manifest, lines, texts, symbols, frontend, language, progress)
     dtype = codes_dtype(cfg.codebook_size)
-    fingerprint = _fingerprint(codec_id, manifest, shard_size, table, dtype)
+    sem_id = sem_index and sem_index["tokenizer_id"]
+    fingerprint = _fingerprint(codec_id, manifest, shard_size, table, dtype, sem_id)
     num_shards = math.ceil(len(lines) / shard_size)
     _check_out(out, num_shards, fingerprint)
     if index == 0:
         table.save(out / SYMBOLS)
+        if semantic is not None:
+            write_dir_atomic(out / SEMANTIC, partial(_copy_tokenizer, Path(semantic)))
 
     mine = [k for k in range(num_shards) if k % count == index]
     todo = [k for k in mine if _lengths(out, k, num_shards, fingerprint) is None]
@@ -132,15 +164,26 @@ def extract_tokens(
         from nclm.codec.interface import NeuralCodec
 
         codec = NeuralCodec.load(codec_dir)
+        tokenizer = SemanticTokenizer.load(semantic) if semantic is not None else None
         rows = min(batch_size, len(lines))  # same rows for every batch: one program per bucket
         with tqdm(
             total=total, initial=done, unit="utt", desc="tokens", disable=not progress
         ) as bar:
             for k in todo:
+                jobs = shard_jobs[k]
                 _write_shard(
-                    out, k, num_shards, shard_jobs[k], codec, rows, dtype, fingerprint, bar
+                    out, k, num_shards, jobs, codec, tokenizer, rows, dtype, fingerprint, bar
                 )
-    return _finish(out, cfg, codec_id, table, dtype, num_shards, shard_size, fingerprint, manifest)
+    return _finish(
+        out, cfg, codec_id, table, dtype, num_shards, shard_size, fingerprint, manifest, sem_index
+    )
+
+
+def _copy_tokenizer(source: Path, tmp: Path) -> None:
+    from nclm.data.semantic import CENTROIDS, META
+
+    for name in (META, CENTROIDS):
+        (tmp / name).write_bytes((source / name).read_bytes())
 
 
 def _shard_jobs(manifest, lines, text_ids, shards, shard_size, sample_rate) -> dict:
@@ -229,10 +272,12 @@ def _text_ids(manifest, lines, texts, symbols, kind, language, progress):
     return table, ids
 
 
-def _fingerprint(codec_id, manifest, shard_size, table, dtype) -> str:
+def _fingerprint(codec_id, manifest, shard_size, table, dtype, semantic_id=None) -> str:
     digest = hashlib.sha1(Path(manifest).read_bytes())
     for part in (codec_id, shard_size, json.dumps(table.to_dict(), sort_keys=True), dtype.name):
         digest.update(str(part).encode())
+    if semantic_id is not None:  # absent: the fingerprint of extractions before semantic ids
+        digest.update(f"semantic {semantic_id}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -263,17 +308,27 @@ def _check_out(out: Path, num_shards: int, fingerprint: str) -> None:
         if other != fingerprint or not side.name.endswith(f"-of-{num_shards:05d}.json"):
             raise TokensError(
                 f"--out {out}: holds shards of another extraction ({side.name}: other codec, "
-                "manifest, shard size or symbols); use a new --out or remove them"
+                "manifest, shard size, symbols or semantic tokenizer); use a new --out or remove "
+                "them"
             )
 
 
-def _write_shard(out, k, num_shards, jobs, codec, rows, dtype, fingerprint, bar) -> None:
+def _write_shard(out, k, num_shards, jobs, codec, tokenizer, rows, dtype, fingerprint, bar):
     records = [None] * len(jobs)
     for i, codes, num_samples in _encode_jobs(codec, jobs, rows):
         job = jobs[i]
         duration = num_samples / codec.sample_rate
+        semantic = None
+        if tokenizer is not None:  # from the file at the SSL model's rate, as semantic-fit reads
+            try:
+                wav = load_audio(job["path"], tokenizer.sample_rate)
+            except AudioError as e:
+                raise AudioError(f"{job['where']}: {e}") from None
+            semantic = tokenizer.frame_tokens(
+                wav, tokenizer.sample_rate, codes.shape[1], codec.frame_rate
+            )
         records[i] = encode_record(
-            codes.astype(dtype), job["text"], job["speaker"], duration, job["utt_id"]
+            codes.astype(dtype), job["text"], job["speaker"], duration, job["utt_id"], semantic
         )
         bar.update(1)
     lengths = {
@@ -324,7 +379,9 @@ def _encode_jobs(codec, jobs, rows):
                 yield i, codes[row, :, : frames[row]], int(lengths[row])
 
 
-def _finish(out, cfg, codec_id, table, dtype, num_shards, shard_size, fingerprint, manifest):
+def _finish(
+    out, cfg, codec_id, table, dtype, num_shards, shard_size, fingerprint, manifest, sem_index
+):
     shards = [_lengths(out, k, num_shards, fingerprint) for k in range(num_shards)]
     summary = {"out": str(out), "num_shards": num_shards, "symbols": len(table)}
     summary["shards_done"] = sum(s is not None for s in shards)
@@ -360,6 +417,8 @@ def _finish(out, cfg, codec_id, table, dtype, num_shards, shard_size, fingerprin
             for k, s in enumerate(shards)
         ],
     }
+    if sem_index is not None:
+        index["semantic"] = summary["semantic"] = sem_index
     write_atomic(out / INDEX, json.dumps(index) + "\n")
     summary["index"] = str(out / INDEX)
     summary.update(

@@ -67,6 +67,16 @@ def _read_index(tokens_dir: str, option: str) -> dict:
 
 
 def _check_tokens(lm: LMConfig, index: dict, option: str) -> None:
+    k = index.get("semantic", {}).get("num_clusters", 0)
+    if lm.semantic_vocab_size and lm.semantic_vocab_size != k:
+        raise ConfigError(
+            f"--config.lm.semantic_vocab_size={lm.semantic_vocab_size}: {option} has "
+            + (
+                f"{k} semantic clusters"
+                if k
+                else "no semantic ids (nclm tokens extract --semantic)"
+            )
+        )
     if (index["num_codebooks"], index["codebook_size"]) != (lm.num_codebooks, lm.codebook_size):
         raise ConfigError(
             f"{option}: tokens have {index['num_codebooks']} x {index['codebook_size']} codes, the "

@@ -33,8 +33,13 @@ def _lengths(num: int = NUM) -> tuple[np.ndarray, np.ndarray]:
     return text_len, frames
 
 
-def _write_tokens(out, num=NUM, shard_size=16):
-    """Example i: text ids 3 + (i + j) % 20, codes all i + 1 (so a row names its example)."""
+def _semantic(i: int, frames: int) -> np.ndarray:
+    return (i + np.arange(frames)) % 7
+
+
+def _write_tokens(out, num=NUM, shard_size=16, semantic=False):
+    """Example i: text ids 3 + (i + j) % 20, codes all i + 1 (so a row names its example), with
+    `semantic` semantic ids (i + t) % 7."""
     out.mkdir(parents=True, exist_ok=True)
     text_len, frames = _lengths(num)
     num_shards = -(-num // shard_size)
@@ -45,7 +50,8 @@ def _write_tokens(out, num=NUM, shard_size=16):
         for i in ids:
             text = 3 + (i + np.arange(text_len[i])) % 20
             codes = np.full((Q, frames[i]), i + 1, np.int16)
-            writer.write(encode_record(codes, text, f"s{i % 3}", frames[i] / 50, f"u{i}"))
+            sem = _semantic(i, frames[i]) if semantic else None
+            writer.write(encode_record(codes, text, f"s{i % 3}", frames[i] / 50, f"u{i}", sem))
         writer.close()
         shards.append(
             {
@@ -56,6 +62,8 @@ def _write_tokens(out, num=NUM, shard_size=16):
             }
         )
     index = {"format": FORMAT, "version": 1, "num_codebooks": Q, "symbols": "symbols.json"}
+    if semantic:
+        index["semantic"] = {"path": "semantic", "num_clusters": 7, "frame_rate": 50.0}
     (out / "index.json").write_text(json.dumps({**index, "shards": shards}))
     SymbolTable([chr(97 + j) for j in range(20)], TextFrontend("graphemes")).save(
         out / "symbols.json"
@@ -100,6 +108,7 @@ def test_static_shapes_and_contents(tokens):
         assert lt in TEXT_BUCKETS and t in FRAME_BUCKETS
         assert rows == batch_rows(lt, t, MAX_TOKENS, 2)
         assert all(v.dtype == np.int32 for v in batch.values())
+        assert "semantic" not in batch  # records without semantic ids
         shapes.add((rows, lt, t))
         for row, i in zip(np.flatnonzero(batch["code_len"]), _example_ids(batch)):
             n = text_len[i]
@@ -215,3 +224,27 @@ def test_eval_batches_limit_takes_every_bucket(tokens):
     )
     assert len(some) == len(shapes)
     assert {(b["text"].shape[1], b["codes"].shape[2]) for b in some} == shapes
+
+
+def test_semantic_ids_ride_along_with_the_codes(tmp_path):
+    tokens = _write_tokens(tmp_path / "tokens", num=30, semantic=True)
+    it = _iterator(tokens)
+    _, frames = _lengths(30)
+    for batch in _take(it, it.num_batches):
+        rows, t = batch["codes"].shape[0], batch["codes"].shape[2]
+        assert batch["semantic"].shape == (rows, t) and batch["semantic"].dtype == np.int32
+        for row, i in zip(np.flatnonzero(batch["code_len"]), _example_ids(batch)):
+            np.testing.assert_array_equal(
+                batch["semantic"][row, : frames[i]], _semantic(i, frames[i])
+            )
+            assert not batch["semantic"][row, frames[i] :].any()  # 0-padded like the codes
+        assert not batch["semantic"][batch["code_len"] == 0].any()
+    evals = make_eval_batches(tokens, TEXT_BUCKETS, FRAME_BUCKETS, MAX_TOKENS, 2, 0, 1)
+    assert all(b["semantic"].shape == b["codes"][:, 0].shape for b in evals)
+
+    # an index that promises semantic ids over records without them is an error naming the record
+    index = json.loads((tokens / "index.json").read_text())
+    _write_tokens(tokens, num=30)
+    (tokens / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=r"record \d+ \(u\d+\) does not match index.json"):
+        make_eval_batches(tokens, TEXT_BUCKETS, FRAME_BUCKETS, MAX_TOKENS, 2, 0, 1)

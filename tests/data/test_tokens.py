@@ -241,3 +241,75 @@ def test_cli_extract(corpus, tmp_path, capsys):
           "--no-progress"])  # fmt: skip
     assert f"{len(TEXTS)} utterances in 3 shard(s)" in capsys.readouterr().out
     assert _files(out) == _files(reference)
+
+
+def test_extract_with_semantic_ids(corpus, tmp_path, capsys):
+    """--semantic: every record gains the tokenizer's ids on its codec frames, index.json names
+    the tokenizer (copied into --out), the pipeline batches carry them, and the shards are
+    another extraction's than those without."""
+    pytest.importorskip("transformers")
+    from test_semantic import tiny_tokenizer
+
+    from nclm.audio.io import load_audio
+
+    root, manifest, plain = corpus
+    tokenizer = tiny_tokenizer(tmp_path, k=8)
+    out = tmp_path / "tokens"
+    main(["tokens", "extract", "--codec", str(root / "codec"), "--manifest", str(manifest),
+          "--out", str(out), "--frontend", FRONTEND, "--batch-size", "3", "--shard-size", "3",
+          "--semantic", str(tmp_path / "semantic"), "--no-progress"])  # fmt: skip
+    assert "semantic ids (k=8)" in capsys.readouterr().out
+    index = json.loads((out / "index.json").read_text())
+    assert index["semantic"] == {
+        "path": "semantic",
+        "source": str(tmp_path / "semantic"),
+        "num_clusters": 8,
+        "frame_rate": 50.0,
+        "tokenizer_id": tokenizer.tokenizer_id,
+    }
+    for name in ("semantic.json", "centroids.npy"):
+        assert (out / "semantic" / name).read_bytes() == (tmp_path / "semantic" / name).read_bytes()
+    assert "semantic" not in json.loads((plain / "index.json").read_text())
+    codec = NeuralCodec.load(root / "codec")
+    plain_records = _records(plain)
+    for i, record in enumerate(_records(out)):
+        np.testing.assert_array_equal(record["codes"], plain_records[i]["codes"])
+        assert "semantic" not in plain_records[i]
+        num_frames = record["codes"].shape[1]
+        assert record["semantic"].dtype == np.int32 and record["semantic"].shape == (num_frames,)
+        wav = load_audio(root / f"wavs/train.jsonl-{i}.wav", 16000)
+        expected = tokenizer.frame_tokens(wav, 16000, num_frames, codec.frame_rate)
+        np.testing.assert_array_equal(record["semantic"], expected)
+
+    batches = make_eval_batches(out, (32, 64), (64,), 10_000, host_index=0, host_count=1)
+    for batch in batches:
+        assert batch["semantic"].shape == (len(batch["codes"]), 64)
+        assert batch["semantic"].max() < 8
+    with pytest.raises(ValueError, match="holds shards of another extraction"):
+        _extract(root, manifest, plain, semantic=tmp_path / "semantic")
+
+
+def test_extract_semantic_inputs_checked_first(corpus, tmp_path, monkeypatch):
+    import sys
+
+    from nclm.data.semantic import SemanticError
+
+    root, manifest, _ = corpus
+    out = tmp_path / "out"
+    with pytest.raises(SemanticError, match="not a semantic tokenizer"):
+        _extract(root, manifest, out, semantic=tmp_path)
+    (tmp_path / "tok").mkdir()
+    meta = {"format": "nclm-semantic", "model": str(tmp_path / "gone"), "model_type": "hubert"}
+    meta.update(layer=6, dim=768, sample_rate=16000, frame_rate=50.0, normalize=False)
+    (tmp_path / "tok" / "semantic.json").write_text(json.dumps(meta))
+    np.save(tmp_path / "tok" / "centroids.npy", np.zeros((2, 768), np.float32))
+    with pytest.raises(SemanticError, match="semantic.json: lacks num_clusters, tokenizer_id"):
+        _extract(root, manifest, out, semantic=tmp_path / "tok")
+    meta.update(num_clusters=2, tokenizer_id="x")
+    (tmp_path / "tok" / "semantic.json").write_text(json.dumps(meta))
+    with pytest.raises(SemanticError, match="gone: no such model directory"):
+        _extract(root, manifest, out, semantic=tmp_path / "tok")
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(SemanticError, match=r"pip install nclm\[semantic\]$"):
+        _extract(root, manifest, out, semantic=tmp_path / "tok")
+    assert not out.exists()
