@@ -162,6 +162,16 @@ def _bench_commands(groups: argparse._SubParsersAction) -> None:
         accepts_overrides=True,
     )
 
+    from nclm.bench import lm_train as lm_train_bench
+
+    p = sub.add_parser("lm-train", help="codec LM training step: tokens/s, model FLOPs, MFU")
+    lm_train_bench.add_arguments(p)
+    p.set_defaults(
+        func=lambda args, overrides: lm_train_bench.run(args, overrides),
+        command_parser=p,
+        accepts_overrides=True,
+    )
+
     from nclm.bench import lm_decode as lm_decode_bench
 
     p = sub.add_parser("lm-decode", help="codec LM decoding speed: AR steps/s, NAR passes/s")

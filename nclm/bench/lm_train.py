@@ -9,7 +9,8 @@ Builds the run's trainer on all devices, compiles the step (timed separately), t
 
 Model FLOPs are counted as MaxText does (matmuls only, 2 FLOPs per multiply-add, backward = 2x
 forward, attention scores and values at 4 B S^2 N H per layer, halved for the causal AR pass),
-over the two passes of a step: AR over [text | BOS + frames] and NAR over [text | frames].
+over the passes of a step: AR over [text | BOS + frames], NAR and (when trained) masked over
+[text | frames].
 MFU = model FLOPs / step time / `--peak-tflops` (H200 bf16 dense: 989).
 """
 
@@ -84,7 +85,9 @@ def run(args: argparse.Namespace, overrides: list[str] = ()) -> dict:
         times.append(time.perf_counter() - start)
     step = statistics.median(times)
     flops = pass_flops(lm, b, lt + t, lm.codebook_size + 1, causal=True)
-    if lm.num_codebooks > 1:
+    if lm.num_codebooks > 1 and cfg.objective.nar_weight > 0:
+        flops += pass_flops(lm, b, lt + t, lm.codebook_size, causal=False)
+    if cfg.objective.get("masked_weight", 0.0) > 0:
         flops += pass_flops(lm, b, lt + t, lm.codebook_size, causal=False)
     dtype = cfg.train.compute_dtype
     result = {
