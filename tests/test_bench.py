@@ -1,6 +1,7 @@
 """`nclm bench codec` runs end to end on a tiny setting. Speed lives in BENCHMARKS.md, not here."""
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -105,3 +106,34 @@ def test_bench_masked_tiny(capsys):
     assert result["rtf"] == pytest.approx(result["total_s"] / 2)
     json_line = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(json_line)["command"] == result["command"]
+
+
+def test_bench_lm_train_counts_model_flops(tmp_path):
+    """The LM step is timed on a fixed batch; model FLOPs follow MaxText's count (AR causal + NAR
+    bidirectional passes), and MFU uses --peak-tflops."""
+    from nclm.bench import lm_train
+    from nclm.config import load_config
+    from nclm.lm.experiment import lm_config_from
+
+    parser = argparse.ArgumentParser()
+    lm_train.add_arguments(parser)
+    args = parser.parse_args(
+        "--config configs/lm/valle.py:smoke --batch 8 --text 8 --frames 16 --steps 2".split()
+        + ["--peak-tflops", "1.0", "--json", str(tmp_path / "t.json")]
+    )
+    result = lm_train.run(args)  # over the 8 test devices
+    lm = lm_config_from(load_config("configs/lm/valle.py:smoke"), 128)
+    flops = lm_train.pass_flops(lm, 8, 24, lm.codebook_size + 1, True) + lm_train.pass_flops(
+        lm, 8, 24, lm.codebook_size, False
+    )
+    assert result["tokens_per_second"] == pytest.approx(8 * 24 / result["step_seconds_median"])
+    assert result["model_tflops_per_second"] == pytest.approx(
+        flops / result["step_seconds_median"] / 1e12
+    )
+    assert result["mfu"] == pytest.approx(result["model_tflops_per_second"])
+    # hand count for one layer's projections: 2 * tokens * (4 D^2 + 2 D F), x3 for training
+    d, f, t = lm.width, lm.ffn, 2 * 24
+    one = lm_train.pass_flops(dataclasses.replace(lm, num_layers=1), 2, 24, 1, False)
+    assert one == pytest.approx(
+        3 * (2 * t * (4 * d * d + 2 * d * f) + 4 * 2 * 24**2 * d + 2 * t * d)
+    )
