@@ -33,7 +33,9 @@ class LMConfig:
     dropout: float = 0.1
     # True: AR (causal) and NAR (bidirectional) run one backbone; False: two stacks in the tree.
     shared_backbone: bool = True
-    conv_kernel: int = 0  # Conformer convolution in the bidirectional stack (separate stacks only)
+    # > 0: a Conformer convolution module in every layer, run by the bidirectional passes (NAR,
+    # masked) and skipped by the causal AR pass (a centered conv would see the future)
+    conv_kernel: int = 0
     rope_base: float = 10000.0
     scan_layers: bool = True
     remat: str = "none"  # one of nclm.nn.transformer.REMAT_POLICIES
@@ -46,11 +48,6 @@ class LMConfig:
             )
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"lm.remat={self.remat!r}: expected one of {sorted(REMAT_POLICIES)}")
-        if self.conv_kernel and self.shared_backbone:
-            raise ValueError(
-                "lm.conv_kernel > 0 needs lm.shared_backbone=False: a centered convolution would "
-                "let the causal (AR) pass see the future"
-            )
         if self.num_codebooks < 1 or self.codebook_size < 2:
             raise ValueError("lm: need num_codebooks >= 1 and codebook_size >= 2")
 
@@ -87,7 +84,7 @@ class LMConfig:
             num_kv_heads=self.num_kv_heads,
             ffn=self.ffn,
             dropout=self.dropout,
-            conv_kernel=self.conv_kernel if bidirectional else 0,
+            conv_kernel=self.conv_kernel if bidirectional or self.shared_backbone else 0,
             rope_base=self.rope_base,
             num_stages=self.num_codebooks,
             scan_layers=self.scan_layers,

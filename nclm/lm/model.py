@@ -203,6 +203,12 @@ class CodecLM(nn.Module):
                 ).sum()
             )
         if self.cfg.num_codebooks < 2:
+            if self.cfg.conv_kernel:  # the conv module runs in bidirectional passes only
+                ar = (
+                    ar
+                    + 0
+                    * self.masked_logits(text, text_len, codes, code_len, jnp.int32(1), task).sum()
+                )
             return ar, None
         visible = layout.nar_levels_visible(
             jnp.zeros_like(code_len), code_len, jnp.int32(2), codes.shape[1], codes.shape[2]

@@ -1,7 +1,7 @@
 """Pre-norm transformer (optionally Conformer) blocks, scanned over layers, remat policy by name.
 
     x <- x + Attn(Norm(x, stage))            rotary positions; the mask decides causal or not
-    x <- x + Conv(Norm(x, stage))            only with conv_kernel > 0 (Conformer module)
+    x <- x + Conv(Norm(x, stage))            conv_kernel > 0 and a `valid` mask given (Conformer)
     x <- x + FFN(Norm(x, stage))             Dense(F) -> GELU -> Dense(D)
     out = Norm(x, stage)
 
@@ -123,7 +123,9 @@ class Block(nn.Module):
             cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rope_base, self.dtype, name="attn"
         )(norm(x, "attn_norm"), positions, mask, cache, write_index)
         x = x + drop(h)
-        if cfg.conv_kernel:
+        if (
+            cfg.conv_kernel and valid is not None
+        ):  # causal calls pass None: the conv sees both sides
             x = x + drop(
                 ConvModule(cfg.conv_kernel, self.dtype, name="conv")(norm(x, "conv_norm"), valid)
             )
@@ -179,13 +181,11 @@ class TransformerStack(nn.Module):
         positions: jax.Array,  # int32[B, T]
         mask: jax.Array,  # bool[B, T, T] (or [B, T, L] with a cache)
         stage: jax.Array | None = None,  # int32[B], AdaLN row
-        valid: jax.Array | None = None,  # bool[B, T]: the frames the conv module works on
+        valid: jax.Array | None = None,  # bool[B, T]: conv module frames; None skips the conv
         cache: LayerCache | None = None,  # k, v: [layers, B, L, K, H]
         write_index: jax.Array | None = None,  # int32[B]
     ) -> tuple[jax.Array, LayerCache | None]:
         cfg = self.cfg
-        if valid is None:
-            valid = jnp.ones(x.shape[:2], bool)
         if stage is None:
             stage = jnp.zeros(x.shape[:1], jnp.int32)
         x = x.astype(self.dtype)

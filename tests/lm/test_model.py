@@ -32,11 +32,12 @@ def _text(lengths, width):
     return jnp.asarray(text), jnp.asarray(lengths, jnp.int32)
 
 
-@pytest.mark.parametrize("shared", [True, False])
-def test_cached_decoding_equals_full_forward(shared):
+@pytest.mark.parametrize("shared, conv", [(True, 0), (False, 0), (True, 3)])
+def test_cached_decoding_equals_full_forward(shared, conv):
     """Prefill + one cached step per token gives the logits of a full causal pass at every audio
-    slot, for two rows with different text and prompt lengths."""
-    cfg = dataclasses.replace(CFG, shared_backbone=shared)
+    slot, for two rows with different text and prompt lengths (also with a shared Conformer
+    backbone, whose causal passes skip the conv)."""
+    cfg = dataclasses.replace(CFG, shared_backbone=shared, conv_kernel=conv)
     params = _params(cfg)
     model = CodecLM(cfg)
     text, text_len = _text([5, 3], 6)
@@ -285,8 +286,8 @@ def test_separate_stacks_live_in_one_tree():
     assert {"ar_backbone", "nar_backbone", "audio_embed", "ar_head", "nar_heads"} <= set(params)
     assert "conv" in params["nar_backbone"]["layers"]["block"]
     assert "conv" not in params["ar_backbone"]["layers"]["block"]
-    with pytest.raises(ValueError, match="shared_backbone=False"):
-        dataclasses.replace(CFG, conv_kernel=3)
+    shared = _params(dataclasses.replace(CFG, conv_kernel=3))  # shared: conv for NAR/masked only
+    assert "conv" in shared["backbone"]["layers"]["block"]
 
 
 def test_padding_never_changes_real_outputs():
