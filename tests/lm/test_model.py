@@ -114,21 +114,22 @@ def _reference_loop(params, cfg, text, text_len, prompt, prompt_len, key, max_ne
     out = np.full((batch, max_new), cfg.eos_id, np.int32)
     seqs = [[cfg.bos_id, *np.asarray(prompt[b, : prompt_len[b]]).tolist()] for b in range(batch)]
     done = np.zeros(batch, bool)
+    width = 1 + prompt.shape[1] + max_new  # one padded shape: a single compile
     for k in range(max_new):
-        logits = jnp.concatenate(
-            [
-                model.apply(
-                    {"params": params},
-                    text[b : b + 1],
-                    text_len[b : b + 1],
-                    jnp.asarray([seqs[b]], jnp.int32),
-                    jnp.asarray([len(seqs[b])]),
-                    jnp.zeros(1, jnp.int32),
-                    method=CodecLM.ar_logits,
-                )[:, -1]
-                for b in range(batch)
-            ]
-        )
+        rows = np.full((batch, width), cfg.pad_id, np.int32)
+        for b in range(batch):
+            rows[b, : len(seqs[b])] = seqs[b]
+        lengths = np.asarray([len(q) for q in seqs], np.int32)
+        full = model.apply(
+            {"params": params},
+            text,
+            text_len,
+            jnp.asarray(rows),
+            jnp.asarray(lengths),
+            jnp.zeros(batch, jnp.int32),
+            method=CodecLM.ar_logits,
+        )  # [B, width, V + 1], causal: slot len-1 never sees the padding after it
+        logits = full[jnp.arange(batch), lengths - 1]
         key_k = jax.random.fold_in(key, k)
         tok = np.asarray(
             sample_tokens(key_k, logits, jnp.asarray(out), jnp.full(batch, k), sampling)

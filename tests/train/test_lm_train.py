@@ -273,3 +273,20 @@ def test_semantic_condition_trains_with_the_masked_objective():
     assert metrics["nonfinite"] == 0 and metrics["masked/tokens"] > 0
     changed = np.abs(np.asarray(state.params["semantic_embed"]) - before).max(-1) > 0
     assert changed[:5].any() and not changed[5]
+
+
+@pytest.mark.parametrize(
+    "spec", ["configs/lm/valle.py:smoke", "configs/lm/soundstorm.py:smoke,mixed,semantic=4"]
+)
+def test_every_lm_config_trains_one_step_at_smoke_size(spec):
+    from nclm.config import load_config
+    from nclm.lm.experiment import lm_config_from
+
+    cfg = load_config(spec)
+    lm = dataclasses.replace(lm_config_from(cfg, 24), num_codebooks=Q, codebook_size=V)
+    batch = _batch([_utterance(i, 10 + i, 5) for i in range(8)])
+    if lm.semantic_vocab_size:
+        batch["semantic"] = np.zeros_like(batch["codes"][:, 0])
+    trainer = build_lm_trainer(cfg, lm, make_mesh({"data": -1}))
+    state, metrics = trainer.step(trainer.init(jax.random.PRNGKey(0)), batch, jax.random.PRNGKey(1))
+    assert metrics["nonfinite"] == 0 and np.isfinite(metrics["loss/total"])
