@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,7 +52,13 @@ from nclm.train.codec_step import (
 )
 from nclm.train.metrics import MetricWriter
 from nclm.train.optim import make_optimizer
-from nclm.train.run_dir import check_workdir, host_params, truncate_metrics, write_run_info
+from nclm.train.run_dir import (
+    StopSignals,
+    check_workdir,
+    host_params,
+    truncate_metrics,
+    write_run_info,
+)
 
 log = logging.getLogger("nclm.train")
 
@@ -155,12 +160,7 @@ def train_codec(
     step_key = jax.random.PRNGKey(cfg.seed + 2)
     steps = cfg.train.steps
     end = steps if stop_after is None else min(steps, start + stop_after)
-    stop = {"signal": None}
-
-    def on_signal(signum, _frame):
-        stop["signal"] = signum
-
-    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    stop = StopSignals()
     last = {}
     bar = tqdm(
         total=steps,
@@ -173,7 +173,7 @@ def train_codec(
     timer = {"start": time.perf_counter(), "step": start}
     evaluated = False  # reference clips go to TensorBoard with this process's first evaluation
     try:
-        while step < end and stop["signal"] is None:
+        while step < end and stop.signal is None:
             local = next(train_iter)
             batch = {
                 k: global_batch_array(np.asarray(local[k], np.float32), mesh, rules)
@@ -213,17 +213,16 @@ def train_codec(
                 saved = step
             if timer["step"] == step:  # evaluation and checkpoints are not training time
                 timer["start"] = time.perf_counter()
-        if stop["signal"] is not None and step > saved:  # not twice for one step
+        if stop.signal is not None and step > saved:  # not twice for one step
             log.warning(
-                "signal %s: saving a checkpoint at step %d before exiting", stop["signal"], step
+                "signal %s: saving a checkpoint at step %d before exiting", stop.signal, step
             )
             ckpt.save(step, state, train_iter.get_state(), force=True)
     finally:
         bar.close()
         ckpt.close()
         writer.close()
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
+        stop.restore()
 
     # ---- export --------------------------------------------------------------------------------
     if step >= steps:
@@ -238,8 +237,8 @@ def train_codec(
             variables,
             extra={"trained_steps": int(step), "workdir": str(workdir.absolute())},
         )
-    if stop["signal"] is not None:
-        raise KeyboardInterrupt(f"stopped by signal {stop['signal']} at step {step}")
+    if stop.signal is not None:
+        raise KeyboardInterrupt(f"stopped by signal {stop.signal} at step {step}")
     return last
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,7 +46,13 @@ from nclm.train.checkpoint import RunCheckpointer, abstract_with_shardings
 from nclm.train.lm_step import LMTrainState, make_lm_eval_step, make_lm_train_step
 from nclm.train.metrics import MetricWriter
 from nclm.train.optim import make_lm_optimizer
-from nclm.train.run_dir import check_workdir, host_params, truncate_metrics, write_run_info
+from nclm.train.run_dir import (
+    StopSignals,
+    check_workdir,
+    host_params,
+    truncate_metrics,
+    write_run_info,
+)
 
 log = logging.getLogger("nclm.train")
 BATCH_KEYS = ("text", "text_len", "codes", "code_len")
@@ -151,11 +156,7 @@ def train_lm(
     step_key = jax.random.PRNGKey(cfg.seed + 2)
     steps = cfg.train.steps
     end = steps if stop_after is None else min(steps, start + stop_after)
-    stop = {"signal": None}
-    old_handlers = {
-        s: signal.signal(s, lambda signum, _f: stop.update(signal=signum))
-        for s in (signal.SIGTERM, signal.SIGINT)
-    }
+    stop = StopSignals()
     last, step, saved = {}, start, start
     timer = {"start": time.perf_counter(), "step": start, "tokens": 0.0}
     bar = tqdm(
@@ -166,7 +167,7 @@ def train_lm(
         dynamic_ncols=True,
     )
     try:
-        while step < end and stop["signal"] is None:
+        while step < end and stop.signal is None:
             local = next(train_iter)
             state, metrics = trainer.step(
                 state, _global_batch(local, mesh, rules, batch_keys(lm_cfg)), step_key
@@ -194,15 +195,14 @@ def train_lm(
                 saved = step
             if timer["step"] == step:  # evaluation and checkpoints are not training time
                 timer["start"] = time.perf_counter()
-        if stop["signal"] is not None and step > saved:
-            log.warning("signal %s: saving a checkpoint at step %d", stop["signal"], step)
+        if stop.signal is not None and step > saved:
+            log.warning("signal %s: saving a checkpoint at step %d", stop.signal, step)
             ckpt.save(step, state, train_iter.get_state(), force=True)
     finally:
         bar.close()
         ckpt.close()
         writer.close()
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
+        stop.restore()
 
     # ---- export --------------------------------------------------------------------------------
     if step >= steps:
@@ -225,8 +225,8 @@ def train_lm(
                 "workdir": str(workdir.absolute()),
             },
         )
-    if stop["signal"] is not None:
-        raise KeyboardInterrupt(f"stopped by signal {stop['signal']} at step {step}")
+    if stop.signal is not None:
+        raise KeyboardInterrupt(f"stopped by signal {stop.signal} at step {step}")
     return last
 
 

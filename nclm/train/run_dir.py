@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -78,3 +79,20 @@ def host_params(tree):
     from jax.experimental import multihost_utils
 
     return multihost_utils.process_allgather(tree, tiled=True)
+
+
+class StopSignals:
+    """While installed, SIGTERM and SIGINT set `.signal` instead of killing the process, so a
+    training loop can finish its step and save a checkpoint first; `restore()` puts the old
+    handlers back."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _on_signal(self, signum, _frame) -> None:
+        self.signal = signum
+
+    def restore(self) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
