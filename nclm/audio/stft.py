@@ -54,17 +54,25 @@ def stft(x: jax.Array, n_fft: int, hop: int, padding: str = "same") -> jax.Array
     return jnp.fft.rfft(frames, n=n_fft, axis=-1)
 
 
-def istft_same(spec: jax.Array, n_fft: int, hop: int) -> jax.Array:
+def istft_same(
+    spec: jax.Array, n_fft: int, hop: int, lengths: jax.Array | None = None
+) -> jax.Array:
     """Inverse of `stft(..., padding="same")`: spec[B, T, n_fft/2 + 1] -> y[B, T * hop].
 
     Each frame is inverse-FFT'd and windowed, overlap-added, divided by the overlap-added squared
     window, and (n_fft - hop) / 2 samples are trimmed from each side. Unlike torch.istft, this works
-    for "same" padding, where the window envelope at the edges is not constant."""
+    for "same" padding, where the window envelope at the edges is not constant. With `lengths`
+    (int[B] valid frames), each row ends as a lone clip of that many frames would: later frames add
+    nothing, to the signal or to the envelope."""
     window = hann_window(n_fft)
     frames = jnp.fft.irfft(spec, n=n_fft, axis=-1) * window
     num_frames = spec.shape[1]
+    weight = jnp.ones((1, num_frames, 1))
+    if lengths is not None:
+        weight = (jnp.arange(num_frames) < jnp.asarray(lengths)[:, None])[..., None].astype(float)
+        frames = frames * weight
     y = overlap_add(frames, hop)
-    envelope = overlap_add(jnp.broadcast_to(window**2, (1, num_frames, n_fft)), hop)
+    envelope = overlap_add(weight * window**2, hop)
     pad = (n_fft - hop) // 2
-    end = y.shape[-1] - pad
-    return y[:, pad:end] / envelope[:, pad:end]
+    y, envelope = y[:, pad : y.shape[-1] - pad], envelope[:, pad : envelope.shape[-1] - pad]
+    return jnp.where(envelope > 1e-11, y / jnp.maximum(envelope, 1e-11), 0.0)

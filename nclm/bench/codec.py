@@ -67,6 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="torch.set_num_threads(N); default: leave torch's own default (printed)",
     )
+    parser.add_argument(
+        "--lengths",
+        action="store_true",
+        help="also time nclm with per-row valid lengths (NeuralCodec's masking), interleaved",
+    )
     parser.add_argument("--json", metavar="OUT", help="also write the results to this JSON file")
 
 
@@ -131,15 +136,24 @@ def _nclm_only_model(name: str) -> tuple[CodecConfig, dict]:
     return cfg, init_codec(cfg, jax.random.PRNGKey(0))
 
 
-def _nclm_ops(cfg: CodecConfig, variables: dict, levels: int) -> dict[str, Callable]:
+def _nclm_ops(
+    cfg: CodecConfig, variables: dict, levels: int, lengths: bool = False
+) -> dict[str, Callable]:
+    """With `lengths`, every row carries its valid length (here the whole row) as `NeuralCodec`
+    passes it, so the per-row masking that keeps bucket padding out of each clip is timed."""
     import jax
+    import jax.numpy as jnp
 
     from nclm.codec.model import Codec
 
     model = Codec(cfg)
     variables = jax.device_put(variables)
-    encode = jax.jit(lambda v, x: model.apply(v, x, levels, method="encode"))
-    decode = jax.jit(lambda v, c: model.apply(v, c, method="decode"))
+
+    def rows(x, axis):
+        return jnp.full(x.shape[:1], x.shape[axis], jnp.int32) if lengths else None
+
+    encode = jax.jit(lambda v, x: model.apply(v, x, levels, rows(x, 1), method="encode"))
+    decode = jax.jit(lambda v, c: model.apply(v, c, rows(c, 2), method="decode"))
     return {
         "encode": lambda x: jax.block_until_ready(encode(variables, x)),
         "decode": lambda c: jax.block_until_ready(decode(variables, c)),
@@ -206,6 +220,10 @@ def _setting_inputs(torch, x: np.ndarray, ops: dict, family: str):
     codes = np.asarray(ops["nclm"]["encode"](inputs["encode"]["nclm"]))  # [B, Q, T]; compiles
     inputs["decode"]["nclm"] = jax.device_put(jnp.asarray(codes))
     ops["nclm"]["decode"](inputs["decode"]["nclm"])
+    if "nclm_lengths" in ops:  # the same arrays; warm up (compile) its programs too
+        for op in ("encode", "decode"):
+            inputs[op]["nclm_lengths"] = inputs[op]["nclm"]
+            ops["nclm_lengths"][op](inputs[op]["nclm"])
     agree = None
     if "torch" in ops:
         inputs["encode"]["torch"] = torch.from_numpy(x)[:, None]
@@ -226,6 +244,7 @@ def _command(args: argparse.Namespace) -> str:
     return (
         f"nclm bench codec --model {args.model} --seconds {args.seconds:g} "
         f"--batch {args.batch} --repeats {args.repeats}{threads}"
+        + (" --lengths" if args.lengths else "")
     )
 
 
@@ -306,9 +325,10 @@ def _table(rows: list[dict]) -> str:
     for r in rows:
         torch_x = "n/a" if r["torch_xrt"] is None else f"{r['torch_xrt']:.1f}"
         ratio = "n/a" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        cost = "" if r["lengths_cost"] is None else f" lengths/none time {r['lengths_cost']:.3f}"
         out.append(
             f"{r['op']:<7} {r['batch']:>5} {r['audio_seconds']:>8.1f} "
-            f"{r['nclm_xrt']:>9.1f} {torch_x:>10} {ratio:>10}"
+            f"{r['nclm_xrt']:>9.1f} {torch_x:>10} {ratio:>10}{cost}"
         )
     return "\n".join(out)
 
@@ -327,6 +347,8 @@ def _row(op: str, batch: int, audio_seconds: float, times: dict[str, list[float]
         "nclm_xrt": xrt["nclm"],
         "torch_xrt": torch_xrt,
         "ratio": None if torch_xrt is None else xrt["nclm"] / torch_xrt,
+        # time with per-row lengths / time without, if measured
+        "lengths_cost": xrt["nclm"] / xrt["nclm_lengths"] if "nclm_lengths" in xrt else None,
         **best,
         "seconds": times,
     }
@@ -349,6 +371,8 @@ def run(args: argparse.Namespace) -> dict:
     else:
         torch_model, (cfg, variables) = None, _nclm_only_model(args.model)
     ops = {"nclm": _nclm_ops(cfg, variables, bench.levels)}
+    if args.lengths:
+        ops["nclm_lengths"] = _nclm_ops(cfg, variables, bench.levels, lengths=True)
     if ref:
         ops["torch"] = _torch_ops(ref[0], torch_model, bench)
     samples = round(args.seconds * cfg.sample_rate)

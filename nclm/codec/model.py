@@ -53,21 +53,31 @@ class Codec(nn.Module):
         else:
             self.decoder = (SEANetDecoder if seanet else DACDecoder)(cfg.network)
 
-    def _decode_latent(self, z: jax.Array, levels_used: Any = None) -> jax.Array:
+    def _decode_latent(
+        self, z: jax.Array, levels_used: Any = None, lengths: jax.Array | None = None
+    ) -> jax.Array:
         z = z.astype(self.dtype)
         if self.cfg.decoder == "vocos":
-            return self.decoder(z, levels_used)[..., 0].astype(jnp.float32)
-        return self.decoder(z)[..., 0].astype(jnp.float32)
+            return self.decoder(z, levels_used, lengths)[..., 0].astype(jnp.float32)
+        return self.decoder(z, lengths)[..., 0].astype(jnp.float32)
 
-    def encode_latent(self, wav: jax.Array) -> jax.Array:
-        """wav[B, S] -> continuous latent [B, T, D]."""
-        return self.encoder(wav[..., None].astype(self.dtype)).astype(jnp.float32)
+    def encode_latent(self, wav: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
+        """wav[B, S] -> continuous latent [B, T, D]. With `lengths` (int[B] samples) each row's
+        valid frames are what the clip alone at its own length gives (see nn.conv.fill_past_end)."""
+        if lengths is not None and not isinstance(self.cfg.network, SEANetConfig):
+            # DAC's preprocessing zero-pads each clip to a whole number of hops
+            hop = self.cfg.hop_length
+            lengths = -(-jnp.asarray(lengths) // hop) * hop
+        return self.encoder(wav[..., None].astype(self.dtype), lengths).astype(jnp.float32)
 
-    def encode(self, wav: jax.Array, num_levels: int | None = None) -> jax.Array:
-        return self.quantizer.encode(self.encode_latent(wav), num_levels)
+    def encode(
+        self, wav: jax.Array, num_levels: int | None = None, lengths: jax.Array | None = None
+    ) -> jax.Array:
+        return self.quantizer.encode(self.encode_latent(wav, lengths), num_levels)
 
-    def decode(self, codes: jax.Array) -> jax.Array:
-        return self._decode_latent(self.quantizer.decode(codes), codes.shape[1])
+    def decode(self, codes: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
+        """codes[B, Q', T] -> wav[B, S']; `lengths` (int[B] frames) as in encode_latent."""
+        return self._decode_latent(self.quantizer.decode(codes), codes.shape[1], lengths)
 
     def __call__(
         self, wav: jax.Array, train: bool = False, mask: jax.Array | None = None

@@ -7,6 +7,7 @@ import jax
 
 from nclm.codec.config import SEANetConfig
 from nclm.nn import Conv1d, ConvTranspose1d, ResidualLSTM
+from nclm.nn.conv import apply_masked
 
 
 def _conv(
@@ -35,17 +36,17 @@ class SEANetResidualUnit(nn.Module):
     dilation: int
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        dim = x.shape[-1]
+    def __call__(self, x: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
+        dim = x.shape[-1]  # stride 1, same length: `lengths` stay valid
         y = _conv(
             self.cfg,
             dim // self.cfg.compress,
             self.cfg.residual_kernel_size,
             dilation=self.dilation,
             name="conv_0",
-        )(nn.elu(x))
-        y = _conv(self.cfg, dim, 1, name="conv_1")(nn.elu(y))
-        skip = _conv(self.cfg, dim, 1, name="shortcut")(x) if self.cfg.conv_shortcut else x
+        )(nn.elu(x), lengths)
+        y = _conv(self.cfg, dim, 1, name="conv_1")(nn.elu(y), lengths)
+        skip = _conv(self.cfg, dim, 1, name="shortcut")(x, lengths) if self.cfg.conv_shortcut else x
         return skip + y
 
 
@@ -53,39 +54,43 @@ class SEANetEncoder(nn.Module):
     cfg: SEANetConfig
 
     @nn.compact
-    def __call__(self, wav: jax.Array) -> jax.Array:  # [B, S, 1] -> [B, T, latent_dim]
+    def __call__(self, wav: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
+        """wav[B, S, 1] -> z[B, T, latent_dim]; `lengths` (int[B] samples) as in Conv1d."""
         cfg = self.cfg
-        x = _conv(cfg, cfg.channels, cfg.kernel_size, name="stem")(wav)
+        x, n = apply_masked(_conv(cfg, cfg.channels, cfg.kernel_size, name="stem"), wav, lengths)
         width = cfg.channels
         for i, stride in enumerate(cfg.strides):
             for j in range(cfg.num_residual_layers):
-                x = SEANetResidualUnit(cfg, cfg.dilation_base**j, name=f"block_{i}_res_{j}")(x)
+                x = SEANetResidualUnit(cfg, cfg.dilation_base**j, name=f"block_{i}_res_{j}")(x, n)
             width *= 2
-            x = _conv(cfg, width, 2 * stride, stride, name=f"block_{i}_down")(nn.elu(x))
-        if cfg.lstm_layers:
+            down = _conv(cfg, width, 2 * stride, stride, name=f"block_{i}_down")
+            x, n = apply_masked(down, nn.elu(x), n)
+        if cfg.lstm_layers:  # unidirectional: frames past the end never reach valid ones
             x = ResidualLSTM(cfg.lstm_layers, name="lstm")(x)
-        return _conv(cfg, cfg.latent_dim, cfg.last_kernel_size, name="head")(nn.elu(x))
+        return _conv(cfg, cfg.latent_dim, cfg.last_kernel_size, name="head")(nn.elu(x), n)
 
 
 class SEANetDecoder(nn.Module):
     cfg: SEANetConfig
 
     @nn.compact
-    def __call__(self, z: jax.Array) -> jax.Array:  # [B, T, latent_dim] -> [B, T * hop, 1]
+    def __call__(self, z: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
+        """z[B, T, latent_dim] -> wav[B, T * hop, 1]; `lengths` (int[B] frames) as in Conv1d."""
         cfg = self.cfg
         width = cfg.channels * 2 ** len(cfg.strides)
-        x = _conv(cfg, width, cfg.kernel_size, name="stem")(z)
+        x, n = apply_masked(_conv(cfg, width, cfg.kernel_size, name="stem"), z, lengths)
         if cfg.lstm_layers:
             x = ResidualLSTM(cfg.lstm_layers, name="lstm")(x)
         for i, stride in enumerate(reversed(cfg.strides)):
             width //= 2
-            x = ConvTranspose1d(
+            up = ConvTranspose1d(
                 width,
                 2 * stride,
                 stride,
                 trim="causal" if cfg.causal else "centered",
                 name=f"block_{i}_up",
-            )(nn.elu(x))
+            )
+            x, n = apply_masked(up, nn.elu(x), n)
             for j in range(cfg.num_residual_layers):
-                x = SEANetResidualUnit(cfg, cfg.dilation_base**j, name=f"block_{i}_res_{j}")(x)
-        return _conv(cfg, 1, cfg.last_kernel_size, name="head")(nn.elu(x))
+                x = SEANetResidualUnit(cfg, cfg.dilation_base**j, name=f"block_{i}_res_{j}")(x, n)
+        return _conv(cfg, 1, cfg.last_kernel_size, name="head")(nn.elu(x), n)

@@ -26,7 +26,12 @@ class VocosDecoder(nn.Module):
     num_levels: int  # number of AdaLN rows when conditioned
 
     @nn.compact
-    def __call__(self, z: jax.Array, levels_used: jax.Array | int | None = None) -> jax.Array:
+    def __call__(
+        self,
+        z: jax.Array,
+        levels_used: jax.Array | int | None = None,
+        lengths: jax.Array | None = None,  # int[B] valid frames: rows end as lone clips would
+    ) -> jax.Array:
         cfg = self.cfg
         n_fft = cfg.n_fft or 4 * self.hop
         conditions = self.num_levels if cfg.condition_on_levels else 0
@@ -34,27 +39,25 @@ class VocosDecoder(nn.Module):
         if conditions:
             used = self.num_levels if levels_used is None else levels_used
             cond_id = jnp.broadcast_to(jnp.asarray(used, jnp.int32) - 1, (z.shape[0],))
-        x = Conv1d(cfg.dim, 7, padding=3, weight_norm=False, init_std=0.02, name="embed")(z)
+        x = Conv1d(cfg.dim, 7, padding=3, weight_norm=False, init_std=0.02, name="embed")(
+            z, lengths
+        )
         x = layer_norm(x, cond_id, conditions, "norm")
         for i in range(cfg.num_layers):
             x = ConvNeXtBlock(cfg.hidden, 1.0 / cfg.num_layers, conditions, name=f"block_{i}")(
-                x, cond_id
+                x, cond_id, lengths
             )
         x = nn.LayerNorm(epsilon=1e-6, dtype=x.dtype, name="final_norm")(x)
         head = nn.Dense(
             n_fft + 2, kernel_init=initializers.truncated_normal(0.02), dtype=x.dtype, name="head"
         )
-        return istft_head(
-            head(x),
-            n_fft,
-            self.hop,
-        )
+        return istft_head(head(x), n_fft, self.hop, lengths)
 
 
-def istft_head(x: jax.Array, n_fft: int, hop: int) -> jax.Array:
+def istft_head(x: jax.Array, n_fft: int, hop: int, lengths: jax.Array | None = None) -> jax.Array:
     """x[B, T, n_fft + 2] = (log-magnitude, phase) -> wav[B, T * hop, 1], in float32."""
     x = x.astype(jnp.float32)
     log_mag, phase = jnp.split(x, 2, axis=-1)
     mag = jnp.minimum(jnp.exp(log_mag), MAX_MAGNITUDE)
     spec = mag * (jnp.cos(phase) + 1j * jnp.sin(phase))
-    return istft_same(spec, n_fft, hop)[..., None]
+    return istft_same(spec, n_fft, hop, lengths)[..., None]

@@ -102,6 +102,32 @@ def pad_time(x: jax.Array, left: int, right: int, mode: str = "constant") -> jax
     return x[:, : x.shape[1] - extra] if extra else x
 
 
+def fill_past_end(
+    x: jax.Array, lengths: jax.Array, mode: str = "constant", max_pad: jax.Array | int = 0
+) -> jax.Array:
+    """x[B, T, C] with each row's positions t >= lengths[b] replaced by what a conv sees past the
+    end of a clip of exactly that length: zeros, or (mode "reflect") torch's reflect padding of
+    the clip. Reflecting needs at least max_pad + 1 samples, so EnCodec first extends a shorter
+    clip with zeros to that length and reflects about the extended end: so do we, per row, with
+    `max_pad` (int[B] or int) the larger of the row's left and right padding. A row padded to a
+    shape bucket then computes exactly what it would alone at its own length."""
+    t = jnp.arange(x.shape[1])
+    n = jnp.asarray(lengths, jnp.int32)[:, None]
+    if mode != "reflect":
+        return jnp.where((t < n)[..., None], x, jnp.zeros((), x.dtype))
+    end = jnp.maximum(n, jnp.asarray(max_pad, jnp.int32).reshape(-1, 1) + 1)
+    index = jnp.clip(jnp.where(t < end, t, 2 * (end - 1) - t), 0, x.shape[1] - 1)
+    values = jnp.take_along_axis(x, index[..., None], axis=1)
+    return jnp.where((index < n)[..., None], values, jnp.zeros((), x.dtype))
+
+
+def _extra_padding_per_row(lengths: jax.Array, kernel: int, stride: int) -> jax.Array:
+    """`extra_padding` for int[B] lengths (the same arithmetic, traced)."""
+    total = kernel - stride
+    num_frames = -(-(lengths - kernel + total) // stride) + 1
+    return jnp.maximum((num_frames - 1) * stride + kernel - total - lengths, 0)
+
+
 def weight_normed(v: jax.Array, g: jax.Array, axes: Sequence[int]) -> jax.Array:
     """w = g * v / ||v||, the norm taken over `axes` (PyTorch's weight_norm with dim=0)."""
     norm = jnp.sqrt(jnp.sum(jnp.square(v), axis=tuple(axes), keepdims=True))
@@ -141,6 +167,24 @@ def conv_kernel(
     return weight_normed(v, g, axes)
 
 
+def add_bias(module: nn.Module, y: jax.Array) -> jax.Array:
+    """y[..., C] plus a zero-initialised per-channel bias of `module` (its `features`)."""
+    bias = module.param(
+        "bias",
+        nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
+        (module.features,),
+    )
+    return y + bias.astype(y.dtype)
+
+
+def apply_masked(
+    conv: nn.Module, x: jax.Array, lengths: jax.Array | None
+) -> tuple[jax.Array, jax.Array | None]:
+    """conv(x, lengths) and the output's valid lengths (None stays None: no masking)."""
+    y = conv(x, lengths)
+    return y, None if lengths is None else conv.output_lengths(lengths)
+
+
 class Conv1d(nn.Module):
     features: int
     kernel_size: int
@@ -154,9 +198,34 @@ class Conv1d(nn.Module):
     use_bias: bool = True
     dtype: jnp.dtype | None = None
 
+    def output_lengths(self, lengths: jax.Array) -> jax.Array:
+        """Valid output frames of rows with `lengths` valid input frames (the length math above,
+        per row: ceil(T / s) for causal/centered, PyTorch's formula for an int padding)."""
+        if isinstance(self.padding, int):
+            k = effective_kernel(self.kernel_size, self.dilation)
+            return (lengths + 2 * self.padding - k) // self.stride + 1
+        return -(-lengths // self.stride)
+
+    def _max_pad(self, lengths: jax.Array) -> jax.Array:
+        """The larger of the left and right padding a lone clip of `lengths` gets (reflect mode)."""
+        k = effective_kernel(self.kernel_size, self.dilation)
+        if isinstance(self.padding, int):
+            return jnp.full_like(lengths, self.padding)
+        total = k - self.stride
+        extra = _extra_padding_per_row(lengths, k, self.stride)
+        if self.padding == "causal":
+            return jnp.maximum(total, extra)
+        right = total // 2
+        return jnp.maximum(total - right, right + extra)
+
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, C_in] -> [B, T', features]
+    def __call__(self, x: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
+        """x[B, T, C_in] -> [B, T', features]. With `lengths` (int[B] valid frames of each row),
+        the samples past each row's end are replaced as a lone clip's padding would be, so the
+        row's valid outputs do not depend on the bucket it was padded to."""
         in_features = x.shape[-1]
+        if lengths is not None:
+            x = fill_past_end(x, lengths, self.pad_mode, self._max_pad(lengths))
         if in_features % self.groups:
             raise ValueError(
                 f"Conv1d: {in_features} input channels not divisible by groups={self.groups}"
@@ -183,14 +252,7 @@ class Conv1d(nn.Module):
             dimension_numbers=("NWC", "WIO", "NWC"),
             feature_group_count=self.groups,
         )
-        if self.use_bias:
-            bias = self.param(
-                "bias",
-                nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
-                (self.features,),
-            )
-            y = y + bias.astype(dtype)
-        return y
+        return add_bias(self, y) if self.use_bias else y
 
 
 class ConvTranspose1d(nn.Module):
@@ -209,8 +271,15 @@ class ConvTranspose1d(nn.Module):
     use_bias: bool = True
     dtype: jnp.dtype | None = None
 
+    def output_lengths(self, lengths: jax.Array) -> jax.Array:
+        left, right = transpose_trim(self.kernel_size, self.stride, self.trim)
+        return (lengths - 1) * self.stride + self.kernel_size - left - right
+
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, C_in] -> [B, T', features]
+    def __call__(self, x: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
+        """x[B, T, C_in] -> [B, T', features]; frames past `lengths` (int[B]) contribute nothing."""
+        if lengths is not None:
+            x = fill_past_end(x, lengths)
         batch, length, in_features = x.shape
         s, k = self.stride, self.kernel_size
         # torch's fan in for a transposed conv is C_out * K (its weight is [C_in, C_out, K])
@@ -229,11 +298,4 @@ class ConvTranspose1d(nn.Module):
         out = out.reshape(batch, (length + blocks - 1) * s, self.features)
         left, right = transpose_trim(k, s, self.trim)
         out = out[:, left : (length - 1) * s + k - right]
-        if self.use_bias:
-            bias = self.param(
-                "bias",
-                nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
-                (self.features,),
-            )
-            out = out + bias.astype(dtype)
-        return out
+        return add_bias(self, out) if self.use_bias else out

@@ -19,7 +19,9 @@ class ConvNeXtBlock(nn.Module):
     kernel_size: int = 7
 
     @nn.compact
-    def __call__(self, x: jax.Array, cond_id: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, cond_id: jax.Array | None = None, lengths: jax.Array | None = None
+    ) -> jax.Array:
         dim = x.shape[-1]
         y = Conv1d(
             dim,
@@ -29,7 +31,7 @@ class ConvNeXtBlock(nn.Module):
             weight_norm=False,
             init_std=0.02,  # Vocos: trunc_normal(0.02) for every conv and linear layer
             name="dwconv",
-        )(x)
+        )(x, lengths)
         y = layer_norm(y, cond_id, self.num_conditions, "norm")
         init = initializers.truncated_normal(0.02)
         y = nn.Dense(self.hidden, kernel_init=init, dtype=x.dtype, name="pwconv1")(y)

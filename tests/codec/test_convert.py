@@ -132,6 +132,71 @@ def test_saved_checkpoint_round_trip(encodec_dir, tmp_path):
     assert frames.tolist() == [40]
 
 
+def _hf_codes(name, hf, x):
+    with torch.no_grad():
+        if name == "encodec":  # 8 levels (6 kbps, VALL-E's setting): the 32nd level's random
+            # codebooks have near-ties that flip with float summation order, padding or not
+            return hf.encode(torch.from_numpy(x)[:, None], bandwidth=6.0).audio_codes[0].numpy()
+        hop = hf.config.hop_length  # DAC's preprocessing: zero-pad to a whole number of hops
+        x = np.pad(x, ((0, 0), (0, -x.shape[1] % hop)))
+        return hf.encode(torch.from_numpy(x)[:, None]).audio_codes.numpy()
+
+
+def _hf_decode(name, hf, codes):
+    with torch.no_grad():
+        if name == "encodec":
+            return hf.decode(torch.from_numpy(codes)[None], [None]).audio_values[:, 0].numpy()
+        return hf.decode(audio_codes=torch.from_numpy(codes)).audio_values.numpy()
+
+
+def test_encodec_user_path_parity(encodec_dir, tmp_path):
+    _check_user_path("encodec", *encodec_dir, tmp_path)
+
+
+def test_dac_user_path_parity(dac_dir, tmp_path):
+    _check_user_path("dac", *dac_dir, tmp_path)
+
+
+def _check_user_path(name, hf, path, tmp_path):
+    """Through NeuralCodec (what `nclm codec encode|decode`, token extraction and evaluation call),
+    each clip gives the reference's codes and audio whatever bucket or batch it lands in: clips
+    shorter than, equal to and longer than a bucket, alone and batched with a longer clip. The
+    bucket's padding must never reach a clip's valid frames (the convolutions' reflect or zero
+    padding at each clip's own end is reproduced per row)."""
+    cid = convert_transformers(path, tmp_path / "codec")
+    bucket = 8  # frames
+    codec = NeuralCodec.load(tmp_path / "codec", bucket_frames=bucket)
+    assert codec.codec_id == cid
+    hop = codec.hop_length
+    lengths = [5 * hop + 77, bucket * hop, 3 * bucket * hop + 123]  # <, =, > one bucket
+    clips = [_signal(1, n, seed=n)[0] for n in lengths]
+    batch = np.zeros((len(clips), max(lengths)), np.float32)
+    for i, clip in enumerate(clips):
+        batch[i, : len(clip)] = clip
+    levels = 8 if name == "encodec" else None
+    batched_codes, batched_frames = codec.encode(batch, np.array(lengths), levels)
+    refs = [_hf_codes(name, hf, clip[None])[0] for clip in clips]
+    for i, (clip, ref) in enumerate(zip(clips, refs)):
+        alone, frames = codec.encode(clip[None], num_levels=levels)
+        assert frames[0] == batched_frames[i] == ref.shape[-1]
+        np.testing.assert_array_equal(alone[0], ref, err_msg=f"clip {i} alone")
+        np.testing.assert_array_equal(
+            batched_codes[i, :, : ref.shape[-1]], ref, err_msg=f"clip {i} batched"
+        )
+    # Decoding the reference's own codes, alone and batched (each row its own frame count).
+    padded = np.zeros((len(refs), refs[0].shape[0], max(r.shape[-1] for r in refs)), np.int32)
+    for i, ref in enumerate(refs):
+        padded[i, :, : ref.shape[-1]] = ref
+    batched_wav, samples = codec.decode(padded, np.array([r.shape[-1] for r in refs]))
+    for i, ref in enumerate(refs):
+        ref_wav = _hf_decode(name, hf, ref[None])[0]
+        n = min(len(ref_wav), samples[i])
+        alone, _ = codec.decode(ref[None])
+        assert np.abs(ref_wav).max() > 1e-3  # a real signal is compared
+        np.testing.assert_allclose(alone[0, :n], ref_wav[:n], atol=1e-4, rtol=0)
+        np.testing.assert_allclose(batched_wav[i, :n], ref_wav[:n], atol=1e-4, rtol=0)
+
+
 def _edit_safetensors(src, dst, edit):
     from safetensors.numpy import load_file, save_file
 
