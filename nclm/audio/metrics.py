@@ -310,6 +310,15 @@ def code_counts(
     return counts
 
 
+def usage_statistics(counts, xp=np):
+    """Occurrences [Q, V] -> (fraction of codes used [Q], entropy in bits [Q]) with `xp` numpy or
+    jax.numpy: the one formula behind the train step's codebook health (traced) and evaluation's
+    CodebookUsage (host)."""
+    p = counts / xp.maximum(counts.sum(axis=-1, keepdims=True), 1)
+    entropy = -xp.sum(xp.where(p > 0, p * xp.log2(xp.where(p > 0, p, 1)), 0), axis=-1)
+    return (counts > 0).mean(axis=-1), xp.maximum(entropy, 0.0)  # max: -0.0 for a single code
+
+
 def usage_from_counts(counts: np.ndarray) -> CodebookUsage:
     """Occurrences int[Q, V] -> CodebookUsage."""
     counts = np.asarray(counts, np.int64)
@@ -317,13 +326,10 @@ def usage_from_counts(counts: np.ndarray) -> CodebookUsage:
     total = counts.sum(axis=1, keepdims=True)  # frames per level (equal for all levels)
     if total.min() == 0:
         raise ValueError("codebook usage: no frames counted")
-    p = counts / total
-    with np.errstate(divide="ignore", invalid="ignore"):
-        entropy = -np.sum(np.where(p > 0, p * np.log2(p), 0.0), axis=1)
-    entropy = np.maximum(entropy, 0.0)  # -0.0 for a single code
+    used, entropy = usage_statistics(counts)
     efficiency = float(entropy.sum() / (num_levels * np.log2(size))) if size > 1 else 1.0
     return CodebookUsage(
-        used=(counts > 0).mean(axis=1),
+        used=used,
         entropy=entropy,
         perplexity=2.0**entropy,
         efficiency=efficiency,

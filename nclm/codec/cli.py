@@ -20,7 +20,9 @@ CODES_FORMAT = "codes int32[Q, T], sample_rate, frame_rate, codec_id, num_sample
 # -- nclm codec ---------------------------------------------------------------------------------
 
 
-def register(groups: argparse._SubParsersAction) -> None:
+def register(groups: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """Adds `nclm codec ...`; returns its subcommands, to which nclm/cli.py adds `codec eval`
+    (nclm/eval sits above codec: codec never imports it)."""
     group = groups.add_parser("codec", help="make, inspect and run neural audio codecs")
     group.set_defaults(command_parser=group)
     sub = group.add_subparsers(title="codec commands", metavar="COMMAND")
@@ -83,12 +85,7 @@ def register(groups: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory to create")
     p.add_argument("--force", action="store_true", help="replace an existing codec checkpoint")
     p.set_defaults(func=_codec_convert, command_parser=p)
-
-    from nclm.eval import codec_eval
-
-    p = sub.add_parser("eval", help="PESQ, STOI, SI-SDR, mel distance, MCD, codebook usage")
-    codec_eval.add_arguments(p)
-    p.set_defaults(func=lambda args, _: codec_eval.run(args), command_parser=p)
+    return sub
 
 
 def _codec_init(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -205,30 +202,22 @@ def _encode_jobs(
     from nclm.audio.io import load_audio, save_npz_atomic
     from nclm.codec.interface import NeuralCodec
 
-    codec = None  # loaded after the first batch's audio, so that a bad file fails fast
-    jobs = sorted(jobs, key=lambda job: job[2])
-    rows = min(batch_size, len(jobs))
+    codec = NeuralCodec.load(codec_dir)
+    batches = codec.encode_batches(
+        jobs, lambda job: load_audio(job[0], sample_rate), lambda job: job[2], batch_size, levels
+    )
     with tqdm(total=len(jobs), unit="file", desc="encode", disable=not progress) as bar:
-        for start in range(0, len(jobs), rows):
-            batch = jobs[start : start + rows]
-            wavs = [load_audio(path, sample_rate) for path, _, _ in batch]
-            codec = codec or NeuralCodec.load(codec_dir)
-            lengths = np.zeros(rows, np.int64)
-            lengths[: len(wavs)] = [len(w) for w in wavs]
-            padded = np.zeros((rows, lengths.max()), np.float32)  # [B, S]
-            for i, wav in enumerate(wavs):
-                padded[i, : len(wav)] = wav
-            codes, frames = codec.encode(padded, lengths, num_levels=levels)  # [B, Q, T]
-            for i, (_, out, _) in enumerate(batch):
+        for batch in batches:
+            for i, ((_, out, _), wav) in enumerate(zip(batch.items, batch.wavs)):
                 save_npz_atomic(
                     out,
-                    codes=codes[i, :, : frames[i]].astype(np.int32),
+                    codes=batch.codes[i, :, : batch.frames[i]].astype(np.int32),
                     sample_rate=np.int64(codec.sample_rate),
                     frame_rate=np.float64(codec.frame_rate),
                     codec_id=np.str_(codec.codec_id),
-                    num_samples=np.int64(lengths[i]),
+                    num_samples=np.int64(len(wav)),
                 )
-            bar.update(len(batch))
+            bar.update(len(batch.items))
 
 
 def _codec_decode(args: argparse.Namespace, overrides: list[str]) -> None:

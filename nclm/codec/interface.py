@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import math
 import os
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +28,13 @@ import numpy as np
 from nclm.codec.checkpoint import load_codec, save_codec
 from nclm.codec.config import CodecConfig
 from nclm.codec.model import Codec, num_params
+
+
+class EncodedBatch(NamedTuple):
+    items: list  # the caller's items, shortest first
+    wavs: list[np.ndarray]  # their audio, float32[S] each, as `load` returned it
+    codes: np.ndarray  # int32[rows, Q, T]; rows past len(items) are padding
+    frames: np.ndarray  # int[rows] real frames of each row
 
 
 class NeuralCodec:
@@ -47,26 +58,12 @@ class NeuralCodec:
         self.codec_id = save_codec(path, self.cfg, jax.device_get(self.variables))
         return self.codec_id
 
-    # -- facts ---------------------------------------------------------------------------------
-    @property
-    def sample_rate(self) -> int:
-        return self.cfg.sample_rate
-
-    @property
-    def frame_rate(self) -> float:
-        return self.cfg.frame_rate
-
-    @property
-    def hop_length(self) -> int:
-        return self.cfg.hop_length
-
-    @property
-    def num_codebooks(self) -> int:
-        return self.cfg.num_codebooks
-
-    @property
-    def codebook_size(self) -> int:
-        return self.cfg.codebook_size
+    # -- facts (the config's) ----------------------------------------------------------------
+    sample_rate = property(lambda self: self.cfg.sample_rate)
+    frame_rate = property(lambda self: self.cfg.frame_rate)
+    hop_length = property(lambda self: self.cfg.hop_length)
+    num_codebooks = property(lambda self: self.cfg.num_codebooks)
+    codebook_size = property(lambda self: self.cfg.codebook_size)
 
     def bitrate(self, num_levels: int | None = None) -> float:
         return self.cfg.bitrate(num_levels)
@@ -100,7 +97,9 @@ class NeuralCodec:
         padded = np.zeros((len(wavs), total * self.hop_length), np.float32)
         for i, n in enumerate(lengths):
             padded[i, :n] = wavs[i, :n]
-        codes = np.asarray(self._encode(self.variables, jnp.asarray(padded), num_levels))
+        codes = np.asarray(
+            self._encode(self.variables, jnp.asarray(padded), num_levels, jnp.asarray(lengths))
+        )
         codes = codes[:, :, : max(frames.max(initial=0), 1)]
         codes = np.where(np.arange(codes.shape[2]) < frames[:, None, None], codes, 0)
         return codes.astype(np.int32), frames
@@ -127,7 +126,9 @@ class NeuralCodec:
         total = self._bucket(codes.shape[2])
         padded = np.zeros((*codes.shape[:2], total), np.int32)
         padded[:, :, : codes.shape[2]] = codes
-        wav = np.asarray(self._decode(self.variables, jnp.asarray(padded)), np.float32)
+        wav = np.asarray(
+            self._decode(self.variables, jnp.asarray(padded), jnp.asarray(frames)), np.float32
+        )
         samples = frames * self.hop_length
         out_len = codes.shape[2] * self.hop_length
         wav = wav[:, :out_len]
@@ -135,3 +136,37 @@ class NeuralCodec:
             wav = np.pad(wav, ((0, 0), (0, out_len - wav.shape[1])))
         wav = np.where(np.arange(out_len) < samples[:, None], wav, 0.0)
         return wav.astype(np.float32), samples
+
+    def encode_batches(
+        self,
+        items: Sequence[Any],
+        load: Callable[[Any], np.ndarray],
+        length: Callable[[Any], float],
+        batch_size: int,
+        num_levels: int | None = None,
+    ) -> Iterator[EncodedBatch]:
+        """Encodes many clips: items sorted by `length` (less padding), loaded by `load` (float[S]
+        at `sample_rate`) two batches ahead on a thread while one encodes, and batched with the
+        same number of rows throughout (empty rows pad the last batch) so that every batch
+        shares the same few compiled programs. What the CLI, token extraction and codec
+        evaluation all run."""
+        order = sorted(items, key=length)
+        rows = max(1, min(batch_size, len(order)))
+        batches = [order[s : s + rows] for s in range(0, len(order), rows)]
+
+        def load_all(batch: list) -> list[np.ndarray]:
+            return [load(item) for item in batch]
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            ahead = deque(pool.submit(load_all, b) for b in batches[:2])
+            for n, batch in enumerate(batches):
+                wavs = ahead.popleft().result()
+                if n + 2 < len(batches):
+                    ahead.append(pool.submit(load_all, batches[n + 2]))
+                lengths = np.zeros(rows, np.int64)
+                lengths[: len(wavs)] = [len(w) for w in wavs]
+                padded = np.zeros((rows, lengths.max()), np.float32)  # [B, S]
+                for row, wav in enumerate(wavs):
+                    padded[row, : len(wav)] = wav
+                codes, frames = self.encode(padded, lengths, num_levels)  # [B, Q, T]
+                yield EncodedBatch(batch, wavs, codes, frames)

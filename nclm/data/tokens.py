@@ -37,8 +37,6 @@ import json
 import logging
 import math
 import os
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -348,35 +346,19 @@ def _write_shard(out, k, num_shards, jobs, codec, tokenizer, rows, dtype, finger
 
 
 def _encode_jobs(codec, jobs, rows):
-    """Yields (job index, codes int32[Q, T] of real frames, samples) per job. Jobs are batched in
-    order of length (less padding) and the next batches' audio loads while one encodes."""
-    order = sorted(range(len(jobs)), key=lambda i: jobs[i]["samples"])
-    batches = [order[s : s + rows] for s in range(0, len(order), rows)]
+    """Yields (job index, codes int32[Q, T] of real frames, samples) per job, in length order."""
 
-    def load(batch):
-        wavs = []
-        for i in batch:
-            try:
-                wavs.append(load_audio(jobs[i]["path"], codec.sample_rate))
-            except AudioError as e:
-                raise AudioError(f"{jobs[i]['where']}: {e}") from None
-        return wavs
+    def load(i):
+        try:
+            return load_audio(jobs[i]["path"], codec.sample_rate)
+        except AudioError as e:
+            raise AudioError(f"{jobs[i]['where']}: {e}") from None
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        ahead = deque(pool.submit(load, b) for b in batches[:2])
-        for n, batch in enumerate(batches):
-            wavs = ahead.popleft().result()
-            if n + 2 < len(batches):
-                ahead.append(pool.submit(load, batches[n + 2]))
-            lengths = np.zeros(rows, np.int64)
-            lengths[: len(wavs)] = [len(w) for w in wavs]
-            padded = np.zeros((rows, lengths.max()), np.float32)  # [B, S]
-            for row, wav in enumerate(wavs):
-                padded[row, : len(wav)] = wav
-            codes, frames = codec.encode(padded, lengths)  # [B, Q, T]
-            for row, i in enumerate(batch):
-                jobs[i]["frames"] = int(frames[row])
-                yield i, codes[row, :, : frames[row]], int(lengths[row])
+    indices = range(len(jobs))
+    for batch in codec.encode_batches(indices, load, lambda i: jobs[i]["samples"], rows):
+        for row, (i, wav) in enumerate(zip(batch.items, batch.wavs)):
+            jobs[i]["frames"] = int(batch.frames[row])
+            yield i, batch.codes[row, :, : batch.frames[row]], len(wav)
 
 
 def _finish(

@@ -241,21 +241,14 @@ def _reconstruct(
     """(item, input float[S], reconstruction float[S], codes int[Q, T]) per utterance. Batches of
     similar length, all with the same number of rows (empty rows pad the last one), so that
     they share the codec's compiled programs."""
-    order = sorted(items, key=lambda item: item.seconds)
-    rows = min(batch_size, len(order))
-    for start in range(0, len(order), rows):
-        batch = order[start : start + rows]
-        wavs = [load_audio(item.path, codec.sample_rate) for item in batch]
-        lengths = np.zeros(rows, np.int64)
-        lengths[: len(wavs)] = [len(w) for w in wavs]
-        padded = np.zeros((rows, lengths.max()), np.float32)  # [B, S]
-        for i, wav in enumerate(wavs):
-            padded[i, : len(wav)] = wav
-        codes, frames = codec.encode(padded, lengths, num_levels=num_levels)  # [B, Q, T]
-        decoded, samples = codec.decode(codes, frames)  # [B, T * hop]
-        for i, (item, wav) in enumerate(zip(batch, wavs, strict=True)):
+    load = lambda item: load_audio(item.path, codec.sample_rate)  # noqa: E731
+    for batch in codec.encode_batches(
+        items, load, lambda item: item.seconds, batch_size, num_levels
+    ):
+        decoded, samples = codec.decode(batch.codes, batch.frames)  # [B, T * hop]
+        for i, (item, wav) in enumerate(zip(batch.items, batch.wavs, strict=True)):
             n = min(len(wav), int(samples[i]))
-            yield item, wav[:n], decoded[i, :n], codes[i, :, : frames[i]]
+            yield item, wav[:n], decoded[i, :n], batch.codes[i, :, : batch.frames[i]]
 
 
 def _score_item(item: _Item, ref: np.ndarray, est: np.ndarray, sample_rate: int) -> dict:

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from nclm.audio.metrics import usage_statistics
 from nclm.codec import losses as L
 from nclm.codec.config import CodecConfig
 from nclm.codec.discriminators import DiscriminatorConfig, Discriminators
@@ -47,9 +48,8 @@ class CodecTrainState:
 def codebook_health(codes: jax.Array, codebook_size: int) -> dict[str, jax.Array]:
     """Per level of codes[B, Q, T]: fraction of codes used in the batch and perplexity 2^H."""
     counts = jax.nn.one_hot(codes, codebook_size).sum(axis=(0, 2))  # [Q, V]
-    p = counts / jnp.maximum(counts.sum(-1, keepdims=True), 1)
-    entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log2(jnp.where(p > 0, p, 1)), 0), axis=-1)
-    return {"usage": jnp.mean(counts > 0, axis=-1), "perplexity": 2.0**entropy}
+    used, entropy = usage_statistics(counts, jnp)
+    return {"usage": used, "perplexity": 2.0**entropy}
 
 
 def init_train_state(
