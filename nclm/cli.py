@@ -4,7 +4,7 @@
     nclm data manifest|synth ...                            (nclm/data/cli.py)
     nclm tokens extract ...                                 (nclm/data/tokens_cli.py)
     nclm train --config FILE.py[:ARG] --workdir DIR [--config.key=value ...]
-    nclm tts --lm DIR --codec DIR --text ... --prompt WAV ...  (nclm/lm/cli.py)
+    nclm tts --lm DIR --codec DIR --text ... --prompt WAV ...  (nclm/tasks/cli.py)
     nclm bench codec|codec-train|lm-train|lm-decode|masked ...   (nclm/bench/)
 
 Each command group is a function that registers its subcommands (`_COMMAND_GROUPS`); each
@@ -83,12 +83,20 @@ def _data_commands(groups: argparse._SubParsersAction) -> None:
     group = groups.add_parser("data", help="build corpora and manifests")
     group.set_defaults(command_parser=group)
     sub = group.add_subparsers(title="data commands", metavar="COMMAND")
-    p = sub.add_parser("manifest", help="JSONL manifests (train/valid/test) from an audio tree")
-    data_cli.add_manifest_arguments(p)
-    p.set_defaults(func=lambda args, _: data_cli.run_manifest(args), command_parser=p)
-    p = sub.add_parser("synth", help="a local multi-speaker speech corpus (espeak-ng, flite)")
-    data_cli.add_synth_arguments(p)
-    p.set_defaults(func=lambda args, _: data_cli.run_synth(args), command_parser=p)
+    _add_command(
+        sub,
+        "manifest",
+        "JSONL manifests (train/valid/test) from an audio tree",
+        data_cli.add_manifest_arguments,
+        data_cli.run_manifest,
+    )
+    _add_command(
+        sub,
+        "synth",
+        "a local multi-speaker speech corpus (espeak-ng, flite)",
+        data_cli.add_synth_arguments,
+        data_cli.run_synth,
+    )
 
 
 # -- nclm train ---------------------------------------------------------------------------------
@@ -116,82 +124,71 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> None:
     logging.getLogger("nclm").setLevel(logging.INFO)  # ours; orbax/absl stay at warnings
     cfg = load_config(args.config, overrides)
     if "codec" in cfg and "discriminator" in cfg:
-        from nclm.train.codec_train import train_codec
-
-        try:
-            train_codec(cfg, args.workdir, progress=not args.no_progress)
-        except KeyboardInterrupt as e:
-            print(f"nclm: {e}; run the same command to resume", file=sys.stderr)
-            sys.exit(130)
-        return
-    if "lm" in cfg and "objective" in cfg:
-        from nclm.train.lm_train import train_lm
-
-        try:
-            train_lm(cfg, args.workdir, progress=not args.no_progress)
-        except KeyboardInterrupt as e:
-            print(f"nclm: {e}; run the same command to resume", file=sys.stderr)
-            sys.exit(130)
-        return
-    raise ValueError(
-        f"--config {args.config}: not a training experiment (no codec/discriminator or "
-        "lm/objective sections)"
-    )
+        from nclm.train.codec_train import train_codec as train
+    elif "lm" in cfg and "objective" in cfg:
+        from nclm.train.lm_train import train_lm as train
+    else:
+        raise ValueError(
+            f"--config {args.config}: not a training experiment (no codec/discriminator or "
+            "lm/objective sections)"
+        )
+    try:
+        train(cfg, args.workdir, progress=not args.no_progress)
+    except KeyboardInterrupt as e:
+        print(f"nclm: {e}; run the same command to resume", file=sys.stderr)
+        sys.exit(130)
 
 
 # -- nclm bench ---------------------------------------------------------------------------------
 
 
+# name, module (with add_arguments and run), help, whether run takes --config.key=value overrides
+_BENCHES = (
+    ("codec", "codec", "codec encode/decode throughput vs the PyTorch reference", False),
+    ("codec-train", "codec_train", "codec GAN training step time and audio seconds/s", True),
+    ("lm-train", "lm_train", "codec LM training step: tokens/s, model FLOPs, MFU", True),
+    ("lm-decode", "lm_decode", "codec LM decoding speed: AR steps/s, NAR passes/s", False),
+    ("masked", "masked", "masked (SoundStorm) TTS speed, codec included: RTF", False),
+)
+
+
 def _bench_commands(groups: argparse._SubParsersAction) -> None:
+    import importlib
+
     group = groups.add_parser("bench", help="speed benchmarks (figures go to BENCHMARKS.md)")
     group.set_defaults(command_parser=group)
     sub = group.add_subparsers(title="benchmarks", metavar="BENCH")
-    from nclm.bench import codec as codec_bench
+    for name, module, help_text, overrides in _BENCHES:
+        bench = importlib.import_module(f"nclm.bench.{module}")
+        _add_command(sub, name, help_text, bench.add_arguments, bench.run, overrides)
 
-    p = sub.add_parser("codec", help="codec encode/decode throughput vs the PyTorch reference")
-    codec_bench.add_arguments(p)
-    p.set_defaults(func=lambda args, _: codec_bench.run(args), command_parser=p)
 
-    from nclm.bench import codec_train as codec_train_bench
+def _add_command(sub, name: str, help_text: str, add_arguments, run, overrides: bool = False):
+    """A subcommand whose options come from `add_arguments(parser)`; `run(args)`, or
+    `run(args, overrides)` when it accepts --config.key=value overrides."""
+    p = sub.add_parser(name, help=help_text)
+    add_arguments(p)
+    if overrides:
+        p.set_defaults(func=run, command_parser=p, accepts_overrides=True)
+    else:
+        p.set_defaults(func=lambda args, _: run(args), command_parser=p)
+    return p
 
-    p = sub.add_parser("codec-train", help="codec GAN training step time and audio seconds/s")
-    codec_train_bench.add_arguments(p)
-    p.set_defaults(
-        func=lambda args, overrides: codec_train_bench.run(args, overrides),
-        command_parser=p,
-        accepts_overrides=True,
-    )
 
-    from nclm.bench import lm_train as lm_train_bench
+def _codec_commands(groups: argparse._SubParsersAction) -> None:
+    from nclm.codec.cli import register
+    from nclm.eval import codec_eval
 
-    p = sub.add_parser("lm-train", help="codec LM training step: tokens/s, model FLOPs, MFU")
-    lm_train_bench.add_arguments(p)
-    p.set_defaults(
-        func=lambda args, overrides: lm_train_bench.run(args, overrides),
-        command_parser=p,
-        accepts_overrides=True,
-    )
-
-    from nclm.bench import lm_decode as lm_decode_bench
-
-    p = sub.add_parser("lm-decode", help="codec LM decoding speed: AR steps/s, NAR passes/s")
-    lm_decode_bench.add_arguments(p)
-    p.set_defaults(func=lambda args, _: lm_decode_bench.run(args), command_parser=p)
-
-    from nclm.bench import masked as masked_bench
-
-    p = sub.add_parser("masked", help="masked (SoundStorm) TTS speed, codec included: RTF")
-    masked_bench.add_arguments(p)
-    p.set_defaults(func=lambda args, _: masked_bench.run(args), command_parser=p)
+    help_text = "PESQ, STOI, SI-SDR, mel distance, MCD, codebook usage"
+    _add_command(register(groups), "eval", help_text, codec_eval.add_arguments, codec_eval.run)
 
 
 def _command_groups():
-    from nclm.codec.cli import register as codec_commands
     from nclm.data.tokens_cli import register as tokens_commands
-    from nclm.lm.cli import register as tts_commands
+    from nclm.tasks.cli import register as tts_commands
 
     return (
-        codec_commands,
+        _codec_commands,
         _data_commands,
         tokens_commands,
         _train_command,

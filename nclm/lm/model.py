@@ -187,33 +187,18 @@ class CodecLM(nn.Module):
         w = head.astype(h.dtype)
         return jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
 
-    def __call__(self, text, text_len, codes, code_len, task):
-        """Touches every parameter (init): the AR logits and the level-2 NAR logits."""
+    def create_parameters(self, text, text_len, codes, code_len, task) -> list[jax.Array]:
+        """For `init` only. Setup creates the embeddings and heads; this runs each backbone once,
+        in the mode whose parameters it needs: the AR (or shared) stack causally, and the
+        bidirectional stack when it is a separate one or holds the Conformer conv, which causal
+        passes skip."""
         audio_in, _, _ = layout.ar_audio(
             codes[:, 0], code_len, self.cfg.bos_id, self.cfg.eos_id, self.cfg.pad_id
         )
-        ar = self.ar_logits(text, text_len, audio_in, code_len + 1, task)
-        if self.cfg.semantic_vocab_size:  # create the semantic table too
-            semantic = jnp.zeros(codes.shape[::2], jnp.int32)
-            ar = (
-                ar
-                + 0
-                * self.masked_logits(
-                    text, text_len, codes, code_len, jnp.int32(1), task, semantic
-                ).sum()
-            )
-        if self.cfg.num_codebooks < 2:
-            if self.cfg.conv_kernel:  # the conv module runs in bidirectional passes only
-                ar = (
-                    ar
-                    + 0
-                    * self.masked_logits(text, text_len, codes, code_len, jnp.int32(1), task).sum()
-                )
-            return ar, None
-        visible = layout.nar_levels_visible(
-            jnp.zeros_like(code_len), code_len, jnp.int32(2), codes.shape[1], codes.shape[2]
-        )
-        return ar, self.nar_logits(text, text_len, codes, code_len, visible, jnp.int32(2), task)
+        out = [self.ar_logits(text, text_len, audio_in, code_len + 1, task)]
+        if not self.cfg.shared_backbone or self.cfg.conv_kernel:
+            out.append(self.masked_logits(text, text_len, codes, code_len, jnp.int32(1), task))
+        return out
 
 
 def init_lm(cfg: LMConfig, key: jax.Array, dtype: Any = jnp.float32) -> dict:
@@ -221,4 +206,6 @@ def init_lm(cfg: LMConfig, key: jax.Array, dtype: Any = jnp.float32) -> dict:
     text = jnp.zeros((1, 4), jnp.int32)
     codes = jnp.zeros((1, cfg.num_codebooks, 4), jnp.int32)
     length = jnp.full((1,), 3, jnp.int32)
-    return CodecLM(cfg, dtype).init(key, text, length, codes, length, jnp.zeros((1,), jnp.int32))
+    return CodecLM(cfg, dtype).init(
+        key, text, length, codes, length, jnp.zeros((1,), jnp.int32), method="create_parameters"
+    )

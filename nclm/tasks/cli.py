@@ -15,7 +15,7 @@ then masked levels 2..Q instead of the NAR) take the masked-decoding flags, whic
 
 requests.jsonl holds one {"text", "prompt", "prompt_text", "out"} object per line; relative paths
 are relative to the file's directory. Batch mode decodes sentences of the same shape bucket
-together (nclm/lm/tts.py says how text becomes sentences, ids and frames, and the limits).
+together (nclm/tasks/tts.py says how text becomes sentences, ids and frames, and the limits).
 Every request is checked before any model work; each output is the generated speech only, written
 atomically at the codec's sample rate.
 """
@@ -23,7 +23,6 @@ atomically at the codec's sample rate.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 _KEYS = ("text", "prompt", "prompt_text", "out")
@@ -153,7 +152,7 @@ def run(args: argparse.Namespace) -> None:
     _check_outputs(outs, args.batch)
 
     from nclm.audio.io import save_audio
-    from nclm.lm.tts import Synthesizer
+    from nclm.tasks.tts import Synthesizer
 
     synth = Synthesizer(args.lm, args.codec, args.dtype, args.batch_size)
     plan = synth.plan(requests, args.resample, args.max_seconds, args.mode, args.target_seconds)
@@ -165,7 +164,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _single_request(args: argparse.Namespace):
-    from nclm.lm.tts import Request
+    from nclm.tasks.tts import Request
 
     if args.text is None:
         raise ValueError("--text is required (or --batch REQUESTS.jsonl)")
@@ -178,19 +177,16 @@ def _single_request(args: argparse.Namespace):
 
 def _batch_requests(path: str):
     """(requests, output paths) from a JSONL file; errors name the file and line."""
-    from nclm.lm.tts import Request
+    from nclm.tasks.tts import Request
 
     if not Path(path).is_file():
         raise ValueError(f"--batch {path}: no such file")
     requests, outs, root = [], [], Path(path).parent
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    from nclm.data.manifest import jsonl_records
+
+    text = Path(path).read_text(encoding="utf-8")
+    for number, record in jsonl_records(path, text, ValueError):
         where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: invalid JSON ({e})") from None
         if not isinstance(record, dict):
             raise ValueError(f"{where}: expected an object with keys {list(_KEYS)}")
         missing = [k for k in _KEYS if not isinstance(record.get(k), str)]

@@ -1,7 +1,7 @@
 """Text to speech with a CodecLM and its codec (VALL-E / SoundStorm inference), as a library.
 
     synth = Synthesizer("runs/lm", "runs/codec")
-    wav = synth.synthesize("Hello there.", "voice.wav", "What the voice says.", sampling, seed=0)
+    wav = synth.synthesize("Hello there.", "voice.wav", "What the voice says.", seed=0)
     wavs = synth.synthesize_batch([Request(text, prompt, prompt_text), ...], sampling, seed=0)
     wav = synth.synthesize(..., mode="masked", target_seconds=2.0, schedule=MaskedSchedule())
 
@@ -341,24 +341,11 @@ class Synthesizer:
 
     # -- synthesis -----------------------------------------------------------------------------
     def synthesize(
-        self,
-        text: str,
-        prompt_wav: str | os.PathLike | np.ndarray,
-        prompt_text: str,
-        sampling: SamplingConfig = DEFAULT_SAMPLING,
-        seed: int = 0,
-        *,
-        max_seconds: float | None = None,
-        resample: bool = False,
-        mode: str = "ar",
-        target_seconds: float | None = None,
-        schedule: MaskedSchedule = DEFAULT_SCHEDULE,
+        self, text: str, prompt_wav: str | os.PathLike | np.ndarray, prompt_text: str, **options
     ) -> np.ndarray:
-        """float32[S] at `sample_rate`: `text` spoken in the voice of the prompt."""
-        request = Request(text, prompt_wav, prompt_text)
-        return self.synthesize_batch(
-            [request], sampling, seed, max_seconds, resample, mode, target_seconds, schedule
-        )[0]
+        """float32[S] at `sample_rate`: `text` spoken in the voice of the prompt; `options` are
+        `synthesize_batch`'s (sampling, seed, max_seconds, resample, mode, ...)."""
+        return self.synthesize_batch([Request(text, prompt_wav, prompt_text)], **options)[0]
 
     def synthesize_batch(
         self,

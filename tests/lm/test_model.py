@@ -217,8 +217,18 @@ def test_nar_generate_matches_per_level_passes():
 
 
 def _loss(cfg, params, batch):
+    """Through every parameter: the AR logits and the level-2 NAR logits."""
+    text, text_len, codes, code_len, task = batch
+    variables = {"params": params}
     model = CodecLM(cfg)
-    ar, nar = model.apply({"params": params}, *batch)
+    audio_in, _, _ = layout.ar_audio(codes[:, 0], code_len, cfg.bos_id, cfg.eos_id, cfg.pad_id)
+    ar = model.apply(variables, text, text_len, audio_in, code_len + 1, task, method="ar_logits")
+    visible = layout.nar_levels_visible(
+        jnp.zeros_like(code_len), code_len, jnp.int32(2), codes.shape[1], codes.shape[2]
+    )
+    nar = model.apply(
+        variables, text, text_len, codes, code_len, visible, jnp.int32(2), task, method="nar_logits"
+    )
     return jnp.mean(ar**2) + jnp.mean(nar**2)
 
 
@@ -323,3 +333,41 @@ def test_padding_never_changes_real_outputs():
         )
     np.testing.assert_allclose(outs[0][0, :6], outs[1][0, :6], atol=1e-5)
     np.testing.assert_allclose(outs[0][1], outs[1][1], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "shared, conv, semantic", [(True, 0, 0), (False, 0, 0), (True, 3, 0), (True, 0, 5)]
+)
+def test_init_creates_exactly_what_every_pass_reads(shared, conv, semantic):
+    """`init_lm` touches each part once, yet the AR, NAR and masked passes all find every
+    parameter they read (apply fails on a missing one), and no parameter goes unused: each
+    leaf gets a non-zero gradient from the sum of the three passes."""
+    cfg = dataclasses.replace(
+        CFG, shared_backbone=shared, conv_kernel=conv, semantic_vocab_size=semantic
+    )
+    params = _params(cfg)
+    text, text_len, codes, code_len, task = _batch(cfg)
+
+    def loss(p):
+        model, v = CodecLM(cfg), {"params": p}
+        semantic_ids = jnp.ones(codes.shape[::2], jnp.int32) if semantic else None
+        masked = model.apply(
+            v,
+            text,
+            text_len,
+            codes,
+            code_len,
+            jnp.int32(2),
+            task,
+            semantic_ids,
+            method="masked_logits",
+        )
+        return _loss(cfg, p, (text, text_len, codes, code_len, task)) + jnp.mean(masked**2)
+
+    grads = jax.grad(loss)(params)
+    unused = [
+        jax.tree_util.keystr(path)
+        for path, g in jax.tree_util.tree_leaves_with_path(grads)
+        if not np.any(np.asarray(g))
+    ]
+    assert not unused, f"parameters no pass reads: {unused}"

@@ -23,7 +23,7 @@ from nclm.codec.model import init_codec
 from nclm.lm import config as lm_config
 from nclm.lm.checkpoint import save_lm
 from nclm.lm.model import init_lm
-from nclm.lm.tts import SENTENCE_GAP_SECONDS, Request, Synthesizer, split_sentences
+from nclm.tasks.tts import SENTENCE_GAP_SECONDS, Request, Synthesizer, split_sentences
 from nclm.text.frontend import TextFrontend
 from nclm.text.symbols import SymbolTable
 
