@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -49,37 +50,52 @@ def save_codec(
     variables = jax.tree_util.tree_map(np.asarray, variables)
     cid = codec_id(cfg, variables)
 
-    def fill(tmp: Path) -> None:
-        with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(tmp / "variables", variables)
-            ckptr.wait_until_finished()
-        meta = {
-            "format": FORMAT,
-            "version": VERSION,
-            "codec_id": cid,
-            "config": cfg.to_dict(),
-            **(extra or {}),
-        }
-        (tmp / "codec.json").write_text(json.dumps(meta, indent=2) + "\n")
-
-    write_dir_atomic(path, fill)
+    meta = {"format": FORMAT, "version": VERSION, "codec_id": cid, "config": cfg.to_dict()}
+    write_checkpoint(path, "variables", variables, "codec.json", {**meta, **(extra or {})})
     return cid
 
 
-def read_codec_meta(path: str | os.PathLike) -> dict:
+def write_checkpoint(path: Path, tree_name: str, tree: Any, meta_name: str, meta: dict) -> None:
+    """An export directory, written atomically (replacing an existing one): the arrays of `tree`
+    as an orbax checkpoint in `tree_name`/, and `meta` as JSON in `meta_name`."""
+
+    def fill(tmp: Path) -> None:
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(tmp / tree_name, tree)
+            ckptr.wait_until_finished()
+        (tmp / meta_name).write_text(json.dumps(meta, indent=2) + "\n")
+
+    write_dir_atomic(path, fill)
+
+
+def read_tree(path: Path, tree_name: str, what: str) -> Any:
+    """The arrays `write_checkpoint` saved in `tree_name`/, as numpy arrays."""
+    if not (path / tree_name).is_dir():
+        raise CheckpointError(f"{path}: {what} has no {tree_name}/ directory")
+    with ocp.StandardCheckpointer() as ckptr:
+        return ckptr.restore(path / tree_name)
+
+
+def read_meta(path: str | os.PathLike, file_name: str, fmt: str, what: str) -> dict:
+    """The JSON facts file of a checkpoint directory (codec.json, lm.json), checked for its
+    format; one-line CheckpointErrors naming the path."""
     path = Path(path)
-    meta_file = path / "codec.json"
+    meta_file = path / file_name
     if not path.is_dir():
-        raise CheckpointError(f"{path}: no such codec checkpoint directory")
+        raise CheckpointError(f"{path}: no such {what} directory")
     if not meta_file.is_file():
-        raise CheckpointError(f"{path}: not a codec checkpoint (no codec.json)")
+        raise CheckpointError(f"{path}: not a {what} (no {file_name})")
     try:
         meta = json.loads(meta_file.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{meta_file}: invalid JSON ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{meta_file}: format is {meta.get('format')!r}, expected {FORMAT!r}")
+    if meta.get("format") != fmt:
+        raise CheckpointError(f"{meta_file}: format is {meta.get('format')!r}, expected {fmt!r}")
     return meta
+
+
+def read_codec_meta(path: str | os.PathLike) -> dict:
+    return read_meta(path, "codec.json", FORMAT, "codec checkpoint")
 
 
 def load_codec(path: str | os.PathLike) -> tuple[CodecConfig, dict, str]:
@@ -87,8 +103,4 @@ def load_codec(path: str | os.PathLike) -> tuple[CodecConfig, dict, str]:
     path = Path(path).absolute()
     meta = read_codec_meta(path)
     cfg = CodecConfig.from_dict(meta["config"])
-    if not (path / "variables").is_dir():
-        raise CheckpointError(f"{path}: codec checkpoint has no variables/ directory")
-    with ocp.StandardCheckpointer() as ckptr:
-        variables = ckptr.restore(path / "variables")
-    return cfg, variables, meta["codec_id"]
+    return cfg, read_tree(path, "variables", "codec checkpoint"), meta["codec_id"]

@@ -156,16 +156,9 @@ def audio_dataset(
     one line for bad arguments, an empty shard, or (short="skip") no clip long enough according
     to the manifest's durations."""
     _check_arguments(
-        sample_rate,
-        segment_samples,
-        batch_size,
-        shard_index,
-        shard_count,
-        num_epochs,
-        gain_db_range,
-        short,
-        read_threads,
-    )
+        sample_rate, segment_samples, batch_size, shard_index, shard_count, num_epochs,
+        gain_db_range, short, read_threads,
+    )  # fmt: skip
     lines = read_manifest_lines(manifest_path)
     records = [
         {"audio": str(resolve_audio(manifest_path, r)), "line": n, "duration": r["duration"]}
@@ -203,25 +196,10 @@ def audio_dataset(
     return ds.to_iter_dataset(options).batch(batch_size, drop_remainder=True)
 
 
-def make_iterator(
-    manifest_path: str | os.PathLike,
-    sample_rate: int,
-    segment_samples: int,
-    batch_size: int,
-    seed: int,
-    shard_index: int = 0,
-    shard_count: int = 1,
-    num_epochs: int | None = None,
-    gain_db_range: tuple[float, float] | None = (-30.0, -18.0),
-    short: str = "pad",
-    read_threads: int = 4,
-) -> grain.DatasetIterator:
-    """`iter(audio_dataset(...))`: a grain DatasetIterator with get_state()/set_state()."""
-    dataset = audio_dataset(
-        manifest_path, sample_rate, segment_samples, batch_size, seed, shard_index, shard_count,
-        num_epochs, gain_db_range, short, read_threads,
-    )  # fmt: skip
-    return iter(dataset)
+def make_iterator(*args, **kwargs) -> grain.DatasetIterator:
+    """`iter(audio_dataset(...))` (same arguments): a grain DatasetIterator with
+    get_state()/set_state()."""
+    return iter(audio_dataset(*args, **kwargs))
 
 
 def _check_arguments(

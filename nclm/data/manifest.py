@@ -15,8 +15,9 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +43,20 @@ def read_manifest(path: str | os.PathLike) -> list[dict]:
     return [record for _, record in read_manifest_lines(path)]
 
 
+def jsonl_records(
+    path: str | os.PathLike, text: str, error: type[Exception] = ManifestError
+) -> Iterator[tuple[int, Any]]:
+    """(1-based line number, parsed value) for each non-blank line of a JSONL file's `text`; a
+    line that is not JSON raises `error` naming the file and line."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as e:
+                msg = f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})"
+                raise error(msg) from None
+
+
 def read_manifest_lines(path: str | os.PathLike) -> list[tuple[int, dict]]:
     """(1-based line number, record) pairs, validated like `read_manifest`."""
     path = Path(path)
@@ -54,14 +69,8 @@ def read_manifest_lines(path: str | os.PathLike) -> list[tuple[int, dict]]:
     except (OSError, UnicodeDecodeError) as e:
         raise ManifestError(f"{path}: cannot read manifest ({e})") from None
     out, seen = [], {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, record in jsonl_records(path, text, ManifestError):
         where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ManifestError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
         _check_record(record, where)
         if record["utt_id"] in seen:
             raise ManifestError(

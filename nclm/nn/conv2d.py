@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from nclm.nn.conv import conv_kernel
+from nclm.nn.conv import add_bias, conv_kernel
 
 CONV2D_AXES = (None, None, "conv_in", "conv_out")
 
@@ -87,11 +87,4 @@ class Conv2d(nn.Module):
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
             feature_group_count=self.groups,
         )
-        if self.use_bias:
-            bias = self.param(
-                "bias",
-                nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
-                (self.features,),
-            )
-            y = y + bias.astype(dtype)
-        return y
+        return add_bias(self, y) if self.use_bias else y

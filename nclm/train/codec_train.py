@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,7 +21,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from tqdm import tqdm
 
 from nclm.audio.io import load_audio, save_audio
 from nclm.codec.checkpoint import save_codec
@@ -30,7 +28,7 @@ from nclm.codec.discriminators import DiscriminatorConfig, Discriminators
 from nclm.codec.experiment import codec_config_from
 from nclm.codec.model import Codec
 from nclm.codec.rvq_ema import kmeans_init
-from nclm.config import ConfigError, compute_dtype, save_config
+from nclm.config import ConfigError, compute_dtype
 from nclm.data.audio_pipeline import make_iterator
 from nclm.data.manifest import read_manifest, resolve_audio
 from nclm.sharding import (
@@ -38,27 +36,20 @@ from nclm.sharding import (
     batch_shards,
     global_batch_array,
     host_batch_slice,
-    initialize_distributed,
     make_mesh,
     replicated,
     tree_shardings,
 )
-from nclm.train.checkpoint import RunCheckpointer, abstract_with_shardings
 from nclm.train.codec_step import (
     CodecTrainState,
     init_train_state,
     make_codec_eval_step,
     make_codec_train_step,
 )
+from nclm.train.loop import Loop, open_run, raise_if_stopped, run_loop
 from nclm.train.metrics import MetricWriter
 from nclm.train.optim import make_optimizer
-from nclm.train.run_dir import (
-    StopSignals,
-    check_workdir,
-    host_params,
-    truncate_metrics,
-    write_run_info,
-)
+from nclm.train.run_dir import host_params
 
 log = logging.getLogger("nclm.train")
 
@@ -92,22 +83,17 @@ def train_codec(
     steps of this call with a checkpoint (used to test resumption). Returns the last metrics."""
     # ---- run directory -------------------------------------------------------------------------
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     codec_cfg = codec_config_from(cfg)
     DiscriminatorConfig.from_dict(cfg.discriminator.to_dict())  # fails early on a bad section
-    check_workdir(cfg, workdir)
-    initialize_distributed()
-    if jax.process_index() == 0:
-        save_config(cfg, workdir / "config.json")
-        write_run_info(workdir)
+    if not cfg.data.train:
+        raise ConfigError("--config.data.train: no training manifest given")
+    open_run(cfg, workdir)
 
     # ---- mesh ----------------------------------------------------------------------------------
     mesh = make_mesh(dict(cfg.mesh))
     rules = tuple(tuple(r) for r in cfg.sharding_rules)
 
     # ---- data ----------------------------------------------------------------------------------
-    if not cfg.data.train:
-        raise ConfigError("--config.data.train: no training manifest given")
     segment = segment_samples(cfg, codec_cfg)
     batch_size = cfg.data.batch_size
     _, local_batch = host_batch_slice(batch_size)
@@ -124,7 +110,6 @@ def train_codec(
             short=cfg.data.short,
         )
 
-    train_iter = iterator(cfg.seed)
     eval_batch = (  # on the device once, reused by every evaluation
         jax.device_put(
             _eval_batch(cfg.data.valid, cfg.data.eval_items, 2 * segment, codec_cfg.sample_rate)
@@ -135,111 +120,78 @@ def train_codec(
 
     # ---- model, optimizers, shardings ---------------------------------------------------------
     trainer = build_codec_trainer(cfg, mesh, segment, local_batch)
-    state_sh, abstract = trainer.state_shardings, trainer.abstract_state
-    codec = trainer.codec
 
-    # ---- restore or initialise -----------------------------------------------------------------
-    ckpt = RunCheckpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
-    writer = MetricWriter(workdir)
-    start = ckpt.latest_step()
-    if start is not None:
-        state, data_state = ckpt.restore(start, abstract_with_shardings(abstract, state_sh))
-        if data_state is not None:
-            train_iter.set_state(data_state)
-        truncate_metrics(writer.path, start)
-        log.info("resumed from step %d", start)
-    else:
-        start = 0
+    def init():
         state = trainer.init(jax.random.PRNGKey(cfg.seed))
         if codec_cfg.quantizer.kind == "ema" and cfg.train.kmeans_init:
+            first = next(iterator(cfg.seed + 1))
             state = _kmeans_init(
-                state, codec, codec_cfg, next(iterator(cfg.seed + 1)), cfg.seed, state_sh
+                state, trainer.codec, codec_cfg, first, cfg.seed, trainer.state_shardings
             )
+        return state
 
-    # ---- loop ----------------------------------------------------------------------------------
     step_key = jax.random.PRNGKey(cfg.seed + 2)
-    steps = cfg.train.steps
-    end = steps if stop_after is None else min(steps, start + stop_after)
-    stop = StopSignals()
-    last = {}
-    bar = tqdm(
-        total=steps,
-        initial=start,
-        disable=not progress or jax.process_index() != 0,
-        desc=f"train {codec_cfg.name}",
-        dynamic_ncols=True,
+
+    def step(state, local):
+        batch = {
+            k: global_batch_array(np.asarray(local[k], np.float32), mesh, rules)
+            for k in ("wav", "mask")
+        }
+        return trainer.step(state, batch, step_key)
+
+    evaluated = []  # reference clips go to TensorBoard with this process's first evaluation
+
+    def evaluate(state, step, writer):
+        metrics = _evaluate(
+            trainer.eval,
+            state,
+            eval_batch,
+            writer,
+            step,
+            codec_cfg.sample_rate,
+            cfg.train.num_audio_samples,
+            with_references=not evaluated,
+        )
+        evaluated.append(step)
+        return metrics
+
+    # ---- loop: restore or initialise, train, checkpoint ---------------------------------------
+    seconds_per_batch = batch_size * segment / codec_cfg.sample_rate
+    result = run_loop(
+        cfg,
+        workdir,
+        Loop(
+            init=init,
+            abstract_state=trainer.abstract_state,
+            state_shardings=trainer.state_shardings,
+            data=iterator(cfg.seed),
+            step=step,
+            work=lambda _: seconds_per_batch,
+            work_metric="perf/audio_seconds_per_second",
+            evaluate=evaluate if eval_batch is not None else None,
+            postfix={"mel": "loss/mel", "disc": "loss/disc"},
+            desc=f"train {codec_cfg.name}",
+        ),
+        stop_after,
+        progress,
     )
-    step = saved = start
-    timer = {"start": time.perf_counter(), "step": start}
-    evaluated = False  # reference clips go to TensorBoard with this process's first evaluation
-    try:
-        while step < end and stop.signal is None:
-            local = next(train_iter)
-            batch = {
-                k: global_batch_array(np.asarray(local[k], np.float32), mesh, rules)
-                for k in ("wav", "mask")
-            }
-            state, metrics = trainer.step(state, batch, step_key)
-            step += 1
-            bar.update(1)
-            if step % cfg.train.log_every == 0 or step == end:
-                metrics = jax.device_get(metrics)  # waits for the step
-                # Throughput since the last log (the first window includes compilation), under
-                # perf/: the only values that differ between a resumed and an uninterrupted run.
-                seconds, steps_done = time.perf_counter() - timer["start"], step - timer["step"]
-                metrics["perf/step_seconds"] = seconds / steps_done
-                metrics["perf/audio_seconds_per_second"] = (
-                    steps_done * batch_size * segment / codec_cfg.sample_rate / seconds
-                )
-                last = writer.scalars(step, metrics)
-                timer.update(start=time.perf_counter(), step=step)
-                bar.set_postfix(mel=f"{last['loss/mel']:.3f}", disc=f"{last['loss/disc']:.3f}")
-                if last["nonfinite"]:
-                    log.warning("step %d: non-finite loss or gradient; the step was skipped", step)
-            if eval_batch is not None and (step % cfg.train.eval_every == 0 or step == steps):
-                _evaluate(
-                    trainer.eval,
-                    state,
-                    eval_batch,
-                    writer,
-                    step,
-                    codec_cfg.sample_rate,
-                    cfg.train.num_audio_samples,
-                    with_references=not evaluated,
-                )
-                evaluated = True
-            if step % cfg.train.checkpoint_every == 0 or step == end:
-                ckpt.save(step, state, train_iter.get_state(), force=True)
-                saved = step
-            if timer["step"] == step:  # evaluation and checkpoints are not training time
-                timer["start"] = time.perf_counter()
-        if stop.signal is not None and step > saved:  # not twice for one step
-            log.warning(
-                "signal %s: saving a checkpoint at step %d before exiting", stop.signal, step
-            )
-            ckpt.save(step, state, train_iter.get_state(), force=True)
-    finally:
-        bar.close()
-        ckpt.close()
-        writer.close()
-        stop.restore()
 
     # ---- export --------------------------------------------------------------------------------
-    if step >= steps:
+    if result.step >= cfg.train.steps:
+        state = result.state
         variables = {"params": state.params}
         if state.codebooks:
             variables["codebooks"] = state.codebooks
         variables = host_params(variables)  # every process takes part in the gather
-    if step >= steps and jax.process_index() == 0:
-        save_codec(
-            workdir / "codec",
-            codec_cfg,
-            variables,
-            extra={"trained_steps": int(step), "workdir": str(workdir.absolute())},
-        )
-    if stop.signal is not None:
-        raise KeyboardInterrupt(f"stopped by signal {stop.signal} at step {step}")
-    return last
+        if jax.process_index() == 0:
+            save_codec(
+                workdir / "codec",
+                codec_cfg,
+                variables,
+                extra={"trained_steps": int(result.step), "workdir": str(workdir.absolute())},
+            )
+    raise_if_stopped(result)
+    return result.last
 
 
 class CodecTrainer(NamedTuple):
@@ -320,16 +272,17 @@ def _evaluate(
     sample_rate: int,
     num_audio: int,
     with_references: bool,
-) -> None:
+) -> dict:
     """Validation metrics and decoded clips (plus the reference clips, the first time)."""
     metrics, x_hat = eval_fn(state, batch)
-    writer.scalars(step, metrics, prefix="valid/")
+    logged = writer.scalars(step, metrics, prefix="valid/")
     x_hat, wav = jax.device_get((x_hat, batch["wav"]))
     for i in range(min(num_audio, len(x_hat))):
         writer.audio(step, f"valid/decoded_{i}", x_hat[i], sample_rate)
         if with_references:
             writer.audio(step, f"valid/reference_{i}", wav[i], sample_rate)
     writer.flush()
+    return logged
 
 
 def save_decoded_samples(codec_dir: Path, manifest: str, out_dir: Path, count: int) -> list[Path]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -23,9 +22,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from tqdm import tqdm
 
-from nclm.config import ConfigError, compute_dtype, save_config
+from nclm.config import ConfigError, compute_dtype
 from nclm.data.token_pipeline import make_eval_batches, make_token_iterator
 from nclm.data.tokens import INDEX
 from nclm.lm.checkpoint import save_lm
@@ -36,23 +34,15 @@ from nclm.sharding import (
     batch_sharding,
     batch_shards,
     global_batch_array,
-    initialize_distributed,
     make_mesh,
     replicated,
     tree_shardings,
 )
 from nclm.text.symbols import SymbolTable
-from nclm.train.checkpoint import RunCheckpointer, abstract_with_shardings
 from nclm.train.lm_step import LMTrainState, make_lm_eval_step, make_lm_train_step
-from nclm.train.metrics import MetricWriter
+from nclm.train.loop import Loop, open_run, raise_if_stopped, run_loop
 from nclm.train.optim import make_lm_optimizer
-from nclm.train.run_dir import (
-    StopSignals,
-    check_workdir,
-    host_params,
-    truncate_metrics,
-    write_run_info,
-)
+from nclm.train.run_dir import host_params
 
 log = logging.getLogger("nclm.train")
 BATCH_KEYS = ("text", "text_len", "codes", "code_len")
@@ -109,18 +99,13 @@ def train_lm(
     """Trains (or resumes) the LM run in `workdir`; returns the last logged metrics."""
     # ---- run directory -------------------------------------------------------------------------
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     index = _read_index(cfg.data.train, "--config.data.train")
     symbols = SymbolTable.load(Path(cfg.data.train) / index["symbols"])
     lm_cfg = lm_config_from(cfg, len(symbols))
     _check_tokens(lm_cfg, index, "--config.data.train")
     if cfg.data.valid:
         _check_tokens(lm_cfg, _read_index(cfg.data.valid, "--config.data.valid"), "valid")
-    check_workdir(cfg, workdir)
-    initialize_distributed()
-    if jax.process_index() == 0:
-        save_config(cfg, workdir / "config.json")
-        write_run_info(workdir)
+    open_run(cfg, workdir)
 
     # ---- mesh, data ----------------------------------------------------------------------------
     mesh = make_mesh(dict(cfg.mesh))
@@ -132,102 +117,63 @@ def train_lm(
         max_tokens=d.max_tokens,
         row_multiple=batch_shards(mesh, rules),
     )
-    train_iter = make_token_iterator(d.train, seed=cfg.seed, **buckets)
     valid = make_eval_batches(d.valid, **buckets, max_batches=d.eval_batches) if d.valid else []
     eval_batches = [_global_batch(b, mesh, rules, batch_keys(lm_cfg)) for b in valid]
 
-    # ---- model, optimizer, shardings, restore --------------------------------------------------
+    # ---- model, optimizer, shardings -----------------------------------------------------------
     trainer = build_lm_trainer(cfg, lm_cfg, mesh)
-    ckpt = RunCheckpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
-    writer = MetricWriter(workdir)
-    start = ckpt.latest_step()
-    if start is not None:
-        abstract = abstract_with_shardings(trainer.abstract_state, trainer.state_shardings)
-        state, data_state = ckpt.restore(start, abstract)
-        if data_state is not None:
-            train_iter.set_state(data_state)
-        truncate_metrics(writer.path, start)
-        log.info("resumed from step %d", start)
-    else:
-        start = 0
-        state = trainer.init(jax.random.PRNGKey(cfg.seed))
-
-    # ---- loop ----------------------------------------------------------------------------------
     step_key = jax.random.PRNGKey(cfg.seed + 2)
-    steps = cfg.train.steps
-    end = steps if stop_after is None else min(steps, start + stop_after)
-    stop = StopSignals()
-    last, step, saved = {}, start, start
-    timer = {"start": time.perf_counter(), "step": start, "tokens": 0.0}
-    bar = tqdm(
-        total=steps,
-        initial=start,
-        disable=not progress or jax.process_index() != 0,
-        desc=f"train lm {lm_cfg.name}",
-        dynamic_ncols=True,
+
+    def step(state, local):
+        return trainer.step(state, _global_batch(local, mesh, rules, batch_keys(lm_cfg)), step_key)
+
+    def evaluate(state, step, writer):
+        return writer.scalars(step, _evaluate(trainer.eval, state, eval_batches))
+
+    # ---- loop: restore or initialise, train, checkpoint ---------------------------------------
+    result = run_loop(
+        cfg,
+        workdir,
+        Loop(
+            init=lambda: trainer.init(jax.random.PRNGKey(cfg.seed)),
+            abstract_state=trainer.abstract_state,
+            state_shardings=trainer.state_shardings,
+            data=make_token_iterator(d.train, seed=cfg.seed, **buckets),
+            step=step,
+            # real (unpadded) text + frame positions, this host's rows
+            work=lambda local: float(np.sum(local["code_len"]) + np.sum(local["text_len"])),
+            work_metric="perf/tokens_per_second",
+            evaluate=evaluate if eval_batches else None,
+            postfix={"ar": "ar/loss", "nar": "nar/loss"},
+            desc=f"train lm {lm_cfg.name}",
+        ),
+        stop_after,
+        progress,
     )
-    try:
-        while step < end and stop.signal is None:
-            local = next(train_iter)
-            state, metrics = trainer.step(
-                state, _global_batch(local, mesh, rules, batch_keys(lm_cfg)), step_key
-            )
-            step += 1
-            bar.update(1)
-            timer["tokens"] += float(np.sum(local["code_len"]) + np.sum(local["text_len"]))
-            if step % cfg.train.log_every == 0 or step == end:
-                metrics = jax.device_get(metrics)
-                seconds = time.perf_counter() - timer["start"]
-                metrics["perf/step_seconds"] = seconds / (step - timer["step"])
-                # real (unpadded) text + frame positions per second, this host's rows
-                metrics["perf/tokens_per_second"] = timer["tokens"] / seconds
-                last = writer.scalars(step, metrics)
-                timer.update(start=time.perf_counter(), step=step, tokens=0.0)
-                bar.set_postfix(
-                    ar=f"{last.get('ar/loss', 0):.3f}", nar=f"{last.get('nar/loss', 0):.3f}"
-                )
-                if last["nonfinite"]:
-                    log.warning("step %d: non-finite loss or gradient; the step was skipped", step)
-            if eval_batches and (step % cfg.train.eval_every == 0 or step == steps):
-                last.update(writer.scalars(step, _evaluate(trainer.eval, state, eval_batches)))
-            if step % cfg.train.checkpoint_every == 0 or step == end:
-                ckpt.save(step, state, train_iter.get_state(), force=True)
-                saved = step
-            if timer["step"] == step:  # evaluation and checkpoints are not training time
-                timer["start"] = time.perf_counter()
-        if stop.signal is not None and step > saved:
-            log.warning("signal %s: saving a checkpoint at step %d", stop.signal, step)
-            ckpt.save(step, state, train_iter.get_state(), force=True)
-    finally:
-        bar.close()
-        ckpt.close()
-        writer.close()
-        stop.restore()
 
     # ---- export --------------------------------------------------------------------------------
-    if step >= steps:
-        params = host_params(state.params)  # every process takes part in the gather
-    if step >= steps and jax.process_index() == 0:
-        codec = {
-            k: index[k]
-            for k in ("codec_id", "sample_rate", "frame_rate", "num_codebooks", "codebook_size")
-        }
-        save_lm(
-            workdir / "lm",
-            lm_cfg,
-            params,
-            symbols,
-            codec,
-            extra={
-                "trained_steps": int(step),
-                "max_text_tokens": max(d.text_buckets),
-                "max_audio_frames": max(d.frame_buckets) - 1,
-                "workdir": str(workdir.absolute()),
-            },
-        )
-    if stop.signal is not None:
-        raise KeyboardInterrupt(f"stopped by signal {stop.signal} at step {step}")
-    return last
+    if result.step >= cfg.train.steps:
+        params = host_params(result.state.params)  # every process takes part in the gather
+        if jax.process_index() == 0:
+            codec = {
+                k: index[k]
+                for k in ("codec_id", "sample_rate", "frame_rate", "num_codebooks", "codebook_size")
+            }
+            save_lm(
+                workdir / "lm",
+                lm_cfg,
+                params,
+                symbols,
+                codec,
+                extra={
+                    "trained_steps": int(result.step),
+                    "max_text_tokens": max(d.text_buckets),
+                    "max_audio_frames": max(d.frame_buckets) - 1,
+                    "workdir": str(workdir.absolute()),
+                },
+            )
+    raise_if_stopped(result)
+    return result.last
 
 
 def _evaluate(eval_fn: Callable, state: LMTrainState, batches: list[dict]) -> dict:
