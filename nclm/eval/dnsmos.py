@@ -7,7 +7,8 @@ that the `speechmos` wheel ships, so it runs offline.
 P.835 (`sig_bak_ovr.onnx`): signal, background and overall quality, each mapped through DNSMOS's
 published polynomial; P.808 (`model_v8.onnx`): one overall MOS from a log-mel input. Both score
 9.01 s windows hopped by 1 s and average them; a clip shorter than 9.01 s is repeated until it is
-that long (the reference `dnsmos_local.py` does the same). Scores run 1 (bad) to 5 (excellent).
+that long by doubling (the reference `dnsmos_local.py` does the same), so a 2 s clip becomes
+17.6 s and costs 9 windows. Scores run 1 (bad) to 5 (excellent).
 Input: 16 kHz mono float audio in [-1, 1] (the caller resamples), at least 10 ms long.
 """
 
