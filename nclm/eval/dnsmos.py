@@ -14,7 +14,6 @@ Input: 16 kHz mono float audio in [-1, 1] (the caller resamples), at least 10 ms
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -27,15 +26,15 @@ KEYS = {"sig_mos": "dnsmos_sig", "bak_mos": "dnsmos_bak", "ovrl_mos": "dnsmos_ov
 
 
 class Dnsmos:
-    def __init__(self, num_threads: int | None = None):
+    def __init__(self, num_threads: int = 1):
         dnsmos = require("speechmos.dnsmos", "DNSMOS (speechmos)")
         ort = require("onnxruntime", "DNSMOS (speechmos)")
         models = Path(dnsmos.__file__).parent / "dnsmos_models"
         p835, p808 = models / "sig_bak_ovr.onnx", models / "model_v8.onnx"
         options = ort.SessionOptions()
-        # Busy-waiting worker threads starve everything else on a shared CPU; a small pool
-        # without spinning is as fast for these small convolutional models.
-        options.intra_op_num_threads = num_threads or min(4, os.cpu_count() or 1)
+        # One thread per session by default: these are small convolutional models, and pools of
+        # busy-waiting threads cost more CPU than they save on a shared machine.
+        options.intra_op_num_threads = num_threads
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]

@@ -41,6 +41,7 @@ class Resemblyzer:
 
     def __init__(self):
         resemblyzer = require("resemblyzer", "speaker similarity (resemblyzer)")
+        self._torch = require("torch", "speaker similarity (resemblyzer)")
         self._preprocess = resemblyzer.preprocess_wav
         self._encoder = resemblyzer.VoiceEncoder(device="cpu", verbose=False)
         weights = Path(resemblyzer.__file__).parent / "pretrained.pt"
@@ -56,7 +57,12 @@ class Resemblyzer:
         wav = self._preprocess(np.asarray(wav, np.float32))  # no source_sr: already 16 kHz
         if wav.size < SAMPLE_RATE // 10:  # < 100 ms of voiced audio left: nothing to embed
             return None
-        return np.asarray(self._encoder.embed_utterance(wav), np.float64)
+        threads = self._torch.get_num_threads()
+        self._torch.set_num_threads(1)  # a 3-layer LSTM: threads cost more than they save
+        try:
+            return np.asarray(self._encoder.embed_utterance(wav), np.float64)
+        finally:
+            self._torch.set_num_threads(threads)
 
 
 class WavLMSpeakerVerification:
