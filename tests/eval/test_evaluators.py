@@ -38,7 +38,7 @@ def test_pocketsphinx_transcribes_flite_speech(recognizer, speech):
         for i in range(2):
             heard = recognizer.transcribe(load_audio(speech[voice, i], 16000))
             counts.append(word_errors(SENTENCES[i], heard))
-    # 5 errors in 34 words here (0.15, 2026-11-30); a wrong rate or scaling of the input ~1
+    # 5 errors in 34 words here (0.15, 2026-11-30); audio at the wrong rate scores 1.0
     assert corpus_rate(counts) < 0.35
     assert recognizer.identity["name"] == "pocketsphinx"
     assert recognizer.identity["version"].startswith("5.")
