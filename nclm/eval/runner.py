@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -86,24 +87,35 @@ def evaluate_rows(
         raise ValueError(f"--out {out_dir}: exists and is not a directory")
     rows = read_rows(rows_path, task, metrics)[:max_rows]
     evaluators = Evaluators(recognizer, speaker_encoder)
+    start = _clocks()
     evaluators.load_for(rows)
+    timing = {"load_evaluators": _clocks() - start}  # [wall, CPU] seconds, per metric below
     embeddings: dict[Path, np.ndarray | None] = {}  # a prompt shared by many rows is embedded once
     scored = []
     with tqdm(total=len(rows), unit="row", desc="eval", disable=not progress) as bar:
         for row in rows:
-            scored.append(score_row(row, evaluators, embeddings))
+            scored.append(score_row(row, evaluators, embeddings, timing))
             bar.update(1)
     for record in scored:
         for note in record.get("warnings", []):
             print(f"nclm eval: {record['where']}: {note}", file=sys.stderr)
     report = summarise(scored, evaluators.identities(), str(rows_path))
+    report["seconds"] = {name: round(float(s[0]), 3) for name, s in timing.items()}
+    report["cpu_seconds"] = {name: round(float(s[1]), 3) for name, s in timing.items()}
     if out_dir is not None:
         write_report(report, scored, Path(out_dir))
     return report
 
 
-def score_row(row: Row, evaluators: Evaluators, embeddings: dict) -> dict:
-    """One row's metrics; undefined values are None with a reason in `warnings`."""
+def _clocks() -> np.ndarray:
+    """[wall, CPU of this process (all threads)] seconds: on a shared machine the CPU time is
+    the steadier measure of an evaluator's cost."""
+    return np.array([time.perf_counter(), time.process_time()])
+
+
+def score_row(row: Row, evaluators: Evaluators, embeddings: dict, timing: dict) -> dict:
+    """One row's metrics; undefined values are None with a reason in `warnings`. Seconds spent
+    per metric (audio loading included) are added to `timing` as [wall, CPU]."""
     record: dict = {"where": row.where, "task": row.task, **({"id": row.id} if row.id else {})}
     record.update({key: value for key, value in row.raw.items()})
     wav = load_audio(row.paths["audio"], SAMPLE_RATE)  # float32[S] at 16 kHz
@@ -113,11 +125,13 @@ def score_row(row: Row, evaluators: Evaluators, embeddings: dict) -> dict:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for metric in row.metrics:
+            start = _clocks()
             try:
                 record.update(_metric(metric, row, wav, evaluators, embeddings, record))
             except ValueError as e:  # undefined here (too short, nothing outside the span)
                 record[metric] = None
                 notes.append(f"{metric} undefined: {' '.join(str(e).split())}")
+            timing[metric] = timing.get(metric, 0.0) + _clocks() - start
     notes += [" ".join(str(w.message).split()) for w in caught if w.category is RuntimeWarning]
     for key, value in list(record.items()):
         if isinstance(value, float) and not math.isfinite(value):

@@ -4,7 +4,9 @@
                       recognizer heard), each metric (null where undefined) and `warnings`
     out/summary.json  {rows_file, num_rows, evaluators: {kind: identity}, normalisation,
                        tasks: {task: {num_rows, metrics: {name: {mean, median, ci95, count,
-                       [corpus]}}}}, notes}
+                       [corpus]}}}}, notes, seconds and cpu_seconds: {load_evaluators,
+                       <metric>: wall / process CPU seconds over all rows (wer includes the
+                       recognition, cer reuses its transcript)}}
     out/summary.md    one table per task
 
 `ci95` is the 95 % confidence interval of the mean, mean ± t(0.975, n − 1) · s / √n with the
@@ -127,6 +129,12 @@ def markdown(report: dict) -> str:
             f"{ident['weights']}, sha256 {ident['sha256']}"
         )
     lines.append(f"- text normalisation: {report['normalisation']} (nclm/eval/wer.py)")
+    if "seconds" in report:
+        spent = ", ".join(
+            f"{name} {s:.1f} ({report['cpu_seconds'][name]:.1f})"
+            for name, s in report["seconds"].items()
+        )
+        lines.append(f"- wall (CPU) seconds: {spent}")
     return "\n".join(lines) + "\n"
 
 

@@ -12,6 +12,7 @@ import soundfile as sf
 
 from nclm.audio.io import load_audio
 from nclm.cli import main
+from nclm.eval.rows import TASK_METRICS
 from tests.eval.conftest import SENTENCES, flite
 
 SR = 16000
@@ -105,6 +106,9 @@ def test_every_task_scored_end_to_end(task_rows, tmp_path, capsys):
     assert set(evaluators) == {"recognizer", "speaker_encoder", "dnsmos"}
     assert evaluators["speaker_encoder"]["version"] == "0.1.4"
     assert all(len(e["sha256"]) == 16 for e in evaluators.values())
+    metrics = {m for task in summary["tasks"] for m in TASK_METRICS[task]}
+    assert set(summary["seconds"]) == set(summary["cpu_seconds"]) == {"load_evaluators", *metrics}
+    assert all(s >= 0 for s in summary["cpu_seconds"].values())
     markdown = (out / "summary.md").read_text()
     assert "| WER (lower is better) |" in markdown and "## edit (1 rows)" in markdown
     assert markdown in printed  # the table is printed too
