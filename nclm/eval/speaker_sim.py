@@ -54,6 +54,8 @@ class Resemblyzer:
         }
 
     def embed(self, wav: np.ndarray) -> np.ndarray | None:
+        if not np.any(wav):  # its volume normalisation would divide by the zero level
+            return None
         wav = self._preprocess(np.asarray(wav, np.float32))  # no source_sr: already 16 kHz
         if wav.size < SAMPLE_RATE // 10:  # < 100 ms of voiced audio left: nothing to embed
             return None
