@@ -77,12 +77,8 @@ def _needs(metric: str, task: str, fields: dict) -> str | None:
         sources = " or ".join(repr(f) for f in _SIM_SOURCES.get(task, _SIM_DEFAULT))
         return None if sim_source(task, fields) else f"{sources} (audio to compare the voice with)"
     if metric == "mel_outside_edit":
-        missing = [f for f in ("reference", "span") if f not in fields]
-        return (
-            f"{' and '.join(repr(f) for f in missing)} (the original and the edited span)"
-            if (missing)
-            else None
-        )
+        missing = " and ".join(repr(f) for f in ("reference", "span") if f not in fields)
+        return f"{missing} (the original and the edited span)" if missing else None
     if metric in ("pesq_wb", "stoi", "si_sdr", "mel_distance", "mcd"):
         what = "the noise" if task == "sr" else "the clean/target speech"
         return None if "reference" in fields else f"'reference' ({what})"

@@ -130,6 +130,8 @@ def test_bad_inputs_give_one_line(speech, tmp_path, capsys):
          "empty audio (0 samples)",),
         ({"task": "edit", "audio": s["slt", 0], "text": "a", "prompt": s["slt", 1],
           "reference": s["slt", 1], "span": [2, 1]}, "'span' [2, 1]",),
+        ({"task": "edit", "audio": s["slt", 0], "text": "a", "prompt": s["slt", 1],
+          "reference": s["slt", 1]}, "needs 'span' (the original and the edited span)",),
         ({"task": "vc", "audio": s["slt", 0]}, "task 'vc'; expected one of"),
         ({"audio": s["slt", 0]}, "task None", "--task"),
     ]  # fmt: skip
