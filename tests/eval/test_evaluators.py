@@ -73,6 +73,10 @@ def test_dnsmos_scores_clean_speech_above_speech_in_noise(dnsmos, speech):
     assert set(a) == {"dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "dnsmos_p808"}
     assert a["dnsmos_ovrl"] > b["dnsmos_ovrl"] + 0.5, (a, b)
     assert a["dnsmos_bak"] > b["dnsmos_bak"] + 1.0, (a, b)
+    # which score is which: synthetic speech has a clean background (BAK high) and a synthetic
+    # voice (SIG lower), and OVRL sits below both; the noise is all background (BAK < 2)
+    assert a["dnsmos_bak"] > 3.5 and b["dnsmos_bak"] < 2.0, (a, b)
+    assert a["dnsmos_bak"] > a["dnsmos_sig"] > a["dnsmos_ovrl"], a
     assert all(1.0 <= v <= 5.0 for v in a.values())
     with pytest.raises(ValueError, match="at least 10 ms"):
         dnsmos.score(np.zeros(0, np.float32))
