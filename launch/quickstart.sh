@@ -90,3 +90,20 @@ print("masked (SoundStorm) top-1 per level: " + ", ".join(
 print(f"run: {run}/lm_run (checkpoints, metrics.jsonl, lm/), {run}/tts.wav (AR + NAR) and "
       f"{run}/tts_masked.wav (masked), prompt: {run}/tts_prompt.wav")
 PY
+
+# ---- scoring the generated speech (nclm eval) ---------------------------------------------------
+# WER (pocketsphinx), SIM to the prompt (resemblyzer) and DNSMOS of both syntheses. pocketsphinx
+# cannot follow espeak-ng's formant voices and this LM has trained for minutes: a check that the
+# evaluation runs, not a measurement.
+python - "$run" <<'PY'
+import json, sys
+import soundfile as sf
+run = sys.argv[1]
+with open(f"{run}/tts_rows.jsonl", "w") as f:
+    for name in ("tts", "tts_masked"):
+        if sf.info(f"{run}/{name}.wav").frames:  # a model this small may stop at once
+            f.write(json.dumps({"id": name, "audio": f"{name}.wav", "prompt": "tts_prompt.wav",
+                                "text": "The quick brown fox jumps over the lazy dog.",
+                                "task": "tts"}) + "\n")
+PY
+nclm eval score "$run/tts_rows.jsonl" --out "$run/tts_eval"

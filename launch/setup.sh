@@ -7,6 +7,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 need_apt=()
 python3 -c "import venv, ensurepip" 2>/dev/null || need_apt+=(python3-venv)
 command -v espeak-ng >/dev/null || need_apt+=(espeak-ng)   # speech for the quickstart corpus
+command -v flite >/dev/null || need_apt+=(flite)   # voices pocketsphinx recognises (nclm eval tests)
+# webrtcvad (under resemblyzer, in the eval extra) has no wheels: pip compiles it
+command -v gcc >/dev/null || need_apt+=(gcc)
+python3 -c "import os, sysconfig; assert os.path.exists(sysconfig.get_paths()['include'] + '/Python.h')" \
+  2>/dev/null || need_apt+=(python3-dev)
 if ((${#need_apt[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "setup: apt-get install ${need_apt[*]}"
@@ -27,6 +32,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   python -m pip install -q --upgrade pip
   # The CPU build of torch, pinned: an unpinned torch pulls several GB of CUDA packages.
   python -m pip install -q "torch==2.13.0"
-  python -m pip install -q -e ".[test,parity]"
+  # eval: the offline evaluators of `nclm eval` (pocketsphinx, resemblyzer, speechmos, jiwer)
+  python -m pip install -q -e ".[test,parity,eval]"
+  # librosa (DNSMOS, resemblyzer) compiles its numba kernels on first use and caches them in
+  # site-packages: once here (35 CPU-s) rather than inside the first evaluation or test
+  python -W ignore -c "import numpy, librosa; librosa.feature.melspectrogram(y=numpy.ones(4000))"
   touch "$stamp"
 fi

@@ -6,6 +6,7 @@
     nclm train --config FILE.py[:ARG] --workdir DIR [--config.key=value ...]
     nclm tts --lm DIR --codec DIR --text ... --prompt WAV ...  (nclm/tasks/cli.py)
     nclm bench codec|codec-train|lm-train|lm-decode|masked ...   (nclm/bench/)
+    nclm eval score ROWS.jsonl --out DIR | valle-list ...         (nclm/eval/cli.py)
 
 Each command group is a function that registers its subcommands (`_COMMAND_GROUPS`); each
 subcommand sets the defaults `func(args, overrides)` and `command_parser` (for usage errors), and
@@ -185,6 +186,7 @@ def _codec_commands(groups: argparse._SubParsersAction) -> None:
 
 def _command_groups():
     from nclm.data.tokens_cli import register as tokens_commands
+    from nclm.eval.cli import register as eval_commands
     from nclm.tasks.cli import register as tts_commands
 
     return (
@@ -193,6 +195,7 @@ def _command_groups():
         tokens_commands,
         _train_command,
         tts_commands,
+        eval_commands,
         _bench_commands,
     )
 
