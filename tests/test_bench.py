@@ -18,9 +18,8 @@ def _args(argv: str) -> argparse.Namespace:
     return parser.parse_args(argv.split())
 
 
+@pytest.mark.needs("torch", "transformers")
 def test_bench_codec_tiny(tmp_path, capsys):
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
     out = tmp_path / "bench.json"
     args = _args(f"--model encodec_24khz --seconds 0.5 --batch 2 --repeats 1 --json {out}")
     result = bench_codec.run(args)
