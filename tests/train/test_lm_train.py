@@ -82,6 +82,30 @@ def test_sharded_step_equals_single_device():
     )
 
 
+def test_a_skipped_step_keeps_the_schedule_in_step():
+    """A non-finite first step changes no weight but still uses up schedule step 0 (state.step
+    counts batches): the next, finite step is Adam's first update at the warm-up's lr(1) =
+    lr / warmup_steps, so each weight moves by about lr(1), the largest by lr(1) within 2%
+    (weight decay adds lr(1) * 0.01 * |w|). A schedule left at step 0 moves nothing (lr(0) = 0)."""
+    cfg = _cfg()
+    trainer = build_lm_trainer(cfg, LM, make_mesh({"data": 1}, jax.devices()[:1]))
+    batch = _batch([_utterance(i, 10 + i, 5) for i in range(8)])
+    state = trainer.init(jax.random.PRNGKey(0))
+    good = jax.device_get(state.params)
+    poisoned = state.replace(params=jax.tree_util.tree_map(lambda p: p * jnp.nan, state.params))
+    state, metrics = trainer.step(poisoned, batch, jax.random.PRNGKey(1))
+    assert metrics["nonfinite"] == 1 and int(state.step) == 1
+    state, metrics = trainer.step(
+        state.replace(params=jax.tree_util.tree_map(jnp.asarray, good)),
+        batch,
+        jax.random.PRNGKey(2),
+    )
+    assert metrics["nonfinite"] == 0 and int(state.step) == 2
+    moved = jax.tree_util.tree_map(lambda a, b: np.abs(np.asarray(a) - b).max(), state.params, good)
+    lr1 = cfg.optim.lr / cfg.optim.warmup_steps
+    np.testing.assert_allclose(max(jax.tree_util.tree_leaves(moved)), lr1, rtol=0.02)
+
+
 @pytest.mark.parametrize("shared", [True, False])
 def test_overfit_one_utterance_regenerates_its_codes(shared):
     """Shared and separate backbones both train: 150 steps on one utterance, then greedy AR from
