@@ -109,8 +109,8 @@ def test_a_skipped_step_keeps_the_schedule_in_step():
 def test_bfloat16_step_is_close_to_float32():
     """--config.train.compute_dtype=bfloat16 (the configs' GPU/TPU setting, dropped at smoke size):
     one step of AR + NAR is finite, keeps float32 parameters and optimizer state, and its losses
-    and gradient norm agree with float32's to 2e-3 (measured: 8e-5 on the losses, 4e-4 on the
-    gradient norm; the logits are computed in float32)."""
+    and gradient norm agree with float32's to 2e-3 (measured here: 8e-5 on the losses, 4e-4 on
+    the gradient norm)."""
     batch = _batch([_utterance(i, 10 + i, 5) for i in range(8)])  # the skipped-step test's
     mesh = make_mesh({"data": 1}, jax.devices()[:1])
     out = {}
