@@ -82,14 +82,21 @@ def test_sharded_step_equals_single_device():
     )
 
 
-def test_a_skipped_step_keeps_the_schedule_in_step():
+@pytest.fixture(scope="module")
+def one_device():
+    """A float32 single-device trainer and a batch, compiled once for the two tests below."""
+    cfg = _cfg()
+    mesh = make_mesh({"data": 1}, jax.devices()[:1])
+    batch = _batch([_utterance(i, 10 + i, 5) for i in range(8)])
+    return cfg, build_lm_trainer(cfg, LM, mesh), batch, mesh
+
+
+def test_a_skipped_step_keeps_the_schedule_in_step(one_device):
     """A non-finite first step changes no weight but still uses up schedule step 0 (state.step
     counts batches): the next, finite step is Adam's first update at the warm-up's lr(1) =
     lr / warmup_steps, so each weight moves by about lr(1), the largest by lr(1) within 2%
     (weight decay adds lr(1) * 0.01 * |w|). A schedule left at step 0 moves nothing (lr(0) = 0)."""
-    cfg = _cfg()
-    trainer = build_lm_trainer(cfg, LM, make_mesh({"data": 1}, jax.devices()[:1]))
-    batch = _batch([_utterance(i, 10 + i, 5) for i in range(8)])
+    cfg, trainer, batch, _ = one_device
     state = trainer.init(jax.random.PRNGKey(0))
     good = jax.device_get(state.params)
     poisoned = state.replace(params=jax.tree_util.tree_map(lambda p: p * jnp.nan, state.params))
@@ -106,20 +113,19 @@ def test_a_skipped_step_keeps_the_schedule_in_step():
     np.testing.assert_allclose(max(jax.tree_util.tree_leaves(moved)), lr1, rtol=0.02)
 
 
-def test_bfloat16_step_is_close_to_float32():
+def test_bfloat16_step_is_close_to_float32(one_device):
     """--config.train.compute_dtype=bfloat16 (the configs' GPU/TPU setting, dropped at smoke size):
     one step of AR + NAR is finite, keeps float32 parameters and optimizer state, and its losses
     and gradient norm agree with float32's to 2e-3 (measured here: 8e-5 on the losses, 4e-4 on
     the gradient norm)."""
-    batch = _batch([_utterance(i, 10 + i, 5) for i in range(8)])  # the skipped-step test's
-    mesh = make_mesh({"data": 1}, jax.devices()[:1])
+    _, trainer32, batch, mesh = one_device
+    trainer16 = build_lm_trainer(_cfg(compute_dtype="bfloat16"), LM, mesh)
     out = {}
-    for dtype in ("float32", "bfloat16"):
-        trainer = build_lm_trainer(_cfg(compute_dtype=dtype), LM, mesh)
+    for name, trainer in (("float32", trainer32), ("bfloat16", trainer16)):
         state, metrics = trainer.step(
             trainer.init(jax.random.PRNGKey(0)), batch, jax.random.PRNGKey(1)
         )
-        out[dtype] = jax.device_get((state, metrics))
+        out[name] = jax.device_get((state, metrics))
     (s16, m16), (_, m32) = out["bfloat16"], out["float32"]
     assert m16["nonfinite"] == 0
     for leaf in jax.tree_util.tree_leaves((s16.params, s16.opt_state)):
