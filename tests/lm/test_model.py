@@ -33,10 +33,10 @@ def _text(lengths, width):
     return jnp.asarray(text), jnp.asarray(lengths, jnp.int32)
 
 
-# GQA in float32 is tests/nn/test_attention_cache.py's; here bfloat16 with 2 KV heads: logits of about +-4 that differ from float32's by 0.03. Cached == full to
-# 0.0 on the CPU (its bf16 dots accumulate each element in f32 alike for one token or the whole
-# sequence); 0.03 (~8 bf16 steps at 4) leaves room for GPU/TPU blocking, and a wrong cache row
-# or position moves logits by O(1).
+# GQA in float32 is tests/nn/test_attention_cache.py's; here bfloat16 with 2 KV heads: logits of
+# about +-4 that differ from float32's by 0.03. Cached == full to 0.0 on the CPU (its bf16 dots
+# accumulate each element in f32 alike for one token or the whole sequence); 0.03 (~8 bf16 steps
+# at 4) leaves room for GPU/TPU blocking, and a wrong cache row or position moves logits by O(1).
 CACHED_CASES = {  # shared, conv, KV heads, dtype, (atol, rtol)
     "shared": (True, 0, 4, jnp.float32, (2e-5, 1e-5)),
     "separate": (False, 0, 4, jnp.float32, (2e-5, 1e-5)),
