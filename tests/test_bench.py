@@ -1,10 +1,12 @@
 """`nclm bench codec` runs end to end on a tiny setting. Speed lives in BENCHMARKS.md, not here."""
 
 import argparse
-import dataclasses
 import json
+import math
 from pathlib import Path
 
+import flax.linen as nn
+import jax
 import pytest
 
 from nclm.bench import codec as bench_codec
@@ -18,9 +20,8 @@ def _args(argv: str) -> argparse.Namespace:
     return parser.parse_args(argv.split())
 
 
+@pytest.mark.needs("torch", "transformers")
 def test_bench_codec_tiny(tmp_path, capsys):
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
     out = tmp_path / "bench.json"
     args = _args(f"--model encodec_24khz --seconds 0.5 --batch 2 --repeats 1 --json {out}")
     result = bench_codec.run(args)
@@ -131,9 +132,30 @@ def test_bench_lm_train_counts_model_flops(tmp_path):
         flops / result["step_seconds_median"] / 1e12
     )
     assert result["mfu"] == pytest.approx(result["model_tflops_per_second"])
-    # hand count for one layer's projections: 2 * tokens * (4 D^2 + 2 D F), x3 for training
-    d, f, t = lm.width, lm.ffn, 2 * 24
-    one = lm_train.pass_flops(dataclasses.replace(lm, num_layers=1), 2, 24, 1, False)
-    assert one == pytest.approx(
-        3 * (2 * t * (4 * d * d + 2 * d * f) + 4 * 2 * 24**2 * d + 2 * t * d)
-    )
+
+
+def test_pass_flops_hand_count():
+    """MaxText's count for a tiny GQA config, written out by hand: D 64, N 4 query heads and K 2
+    KV heads of H 16, F 256, 2 layers; batch 2 x 10 positions (20 tokens), 17 outputs.
+    Multiply-adds per token per layer:  q 64*4*16 = 4096,  k and v 2 * 64*2*16 = 4096,
+    out 4*16*64 = 4096,  FFN 2 * 64*256 = 32768;  in all 45056 -> 2 * 20 * 45056 = 1,802,240.
+    Attention QK^T and AV: 2 (rows) * 10*10 * 4*16 * 2 = 25,600 MACs = 51,200 FLOPs, halved when
+    causal. Head 2 * 20 * 64 * 17 = 43,520. Training = 3 x forward:
+      causal  3 * (2 * (1,802,240 + 25,600) + 43,520) = 11,097,600
+      bidir.  3 * (2 * (1,802,240 + 51,200) + 43,520) = 11,251,200"""
+    from nclm.bench import lm_train
+    from nclm.lm import config as C
+    from nclm.lm.model import init_lm
+
+    lm = C.tiny(4, 16, num_kv_heads=2, text_vocab_size=20)
+    assert (lm.width, lm.num_heads, lm.ffn, lm.num_layers) == (64, 4, 256, 2)
+    assert lm_train.pass_flops(lm, 2, 10, 17, causal=True) == 11_097_600
+    assert lm_train.pass_flops(lm, 2, 10, 17, causal=False) == 11_251_200
+    # the hand count's 45056 multiply-adds per token are the model's own per-layer kernels
+    shapes = jax.eval_shape(lambda: init_lm(lm, jax.random.PRNGKey(0)))["params"]
+    kernels = [
+        math.prod(leaf.shape)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(nn.meta.unbox(shapes))
+        if path[-1].key == "kernel" and any(getattr(k, "key", None) == "layers" for k in path)
+    ]
+    assert sum(kernels) == lm.num_layers * 45056, kernels

@@ -36,9 +36,21 @@ def rotary(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax.Arr
 
 
 def _write_rows(buffer: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
-    """buffer[B, L, K, H] with new[B, T, K, H] written at rows index[B]..index[B] + T."""
+    """buffer[B, L, K, H] with new[B, T, K, H] written at rows index[B]..index[B] + T.
+
+    A write that cannot fit is never silent (dynamic_update_slice would clamp the index and
+    overwrite the last rows): T > L fails at trace time; an index outside [0, L - T] (a traced
+    value) writes NaN rows instead, and NaN values reach every output of that batch row (masked
+    keys get probability 0, and 0 * NaN is NaN). Poisoning rather than checkify or a host
+    callback: it costs one select on T rows inside a jitted decode loop and changes no signature.
+    """
+    num_new, size = new.shape[1], buffer.shape[1]
+    if num_new > size:
+        raise ValueError(f"KV cache: writing {num_new} rows into a cache of {size} rows")
+    fits = (index >= 0) & (index <= size - num_new)  # [B]
+    new = jnp.where(fits[:, None, None, None], new.astype(buffer.dtype), jnp.nan)
     return jax.vmap(lambda b, n, i: jax.lax.dynamic_update_slice(b, n, (i, 0, 0)))(
-        buffer, new.astype(buffer.dtype), index
+        buffer, new, index
     )
 
 

@@ -9,8 +9,9 @@ One step updates, in this order and from the same batch:
   3. the EMA codebooks (EMA quantizers only) from the batch statistics the quantizer returned.
 With `dtype=bfloat16` the codec's encoder/decoder and the discriminators compute in bfloat16;
 parameters, optimizer state, quantizer distances and statistics, and every loss stay float32.
-A step whose losses or gradients are not finite leaves the whole state unchanged and reports
-`nonfinite = 1` (the guard), so one bad batch cannot poison a run.
+A step whose losses or gradients are not finite changes no parameter, moment or codebook and
+reports `nonfinite = 1` (the guard), so one bad batch cannot poison a run; the step counter and the
+learning-rate schedules still advance together (optim.skip_update).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from nclm.codec.config import CodecConfig
 from nclm.codec.discriminators import DiscriminatorConfig, Discriminators
 from nclm.codec.model import Codec
 from nclm.codec.rvq_ema import ema_update
-from nclm.train.optim import all_finite, global_norm, keep_if_finite
+from nclm.train.optim import all_finite, global_norm, keep_if_finite, skip_update
 
 AUDIO_LOSSES = ("mel", "l1", "adv", "feat")  # the losses that depend on the decoded audio
 
@@ -184,7 +185,12 @@ def make_codec_train_step(
         new_state = CodecTrainState(
             state.step + 1, params, codebooks, opt_state, disc_params, disc_opt_state, balancer
         )
-        new_state = keep_if_finite(finite, new_state, state.replace(step=state.step + 1))
+        skipped = state.replace(
+            step=state.step + 1,
+            opt_state=skip_update(state.opt_state),
+            disc_opt_state=skip_update(state.disc_opt_state),
+        )
+        new_state = keep_if_finite(finite, new_state, skipped)
         health = codebook_health(out.quantizer.codes, codec_cfg.codebook_size)
         metrics = {
             **{f"loss/{k}": v for k, v in losses.items()},

@@ -13,7 +13,8 @@ One step trains both VALL-E objectives on the same batch and the same parameter 
   loss = ar_weight * CE_ar + nar_weight * CE_nar + masked_weight * CE_masked, each the mean
   over the batch's real tokens; an objective with weight 0 is not computed.
 Empty rows (code_len 0, the padding of a bucket's last batch) carry no weight. A step whose loss
-or gradients are not finite changes nothing and reports `nonfinite = 1`.
+or gradients are not finite changes no parameter or moment and reports `nonfinite = 1`; the step
+counter and the learning-rate schedule still advance together (optim.skip_update).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import optax
 from nclm.lm import layout
 from nclm.lm.config import LMConfig
 from nclm.lm.model import CodecLM
-from nclm.train.optim import all_finite, global_norm, keep_if_finite
+from nclm.train.optim import all_finite, global_norm, keep_if_finite, skip_update
 
 
 @flax.struct.dataclass
@@ -207,7 +208,7 @@ def make_lm_train_step(
         new = keep_if_finite(
             finite,
             LMTrainState(state.step + 1, params, opt_state),
-            state.replace(step=state.step + 1),
+            state.replace(step=state.step + 1, opt_state=skip_update(state.opt_state)),
         )
         metrics = {
             "loss/total": total,

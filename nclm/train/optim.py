@@ -81,3 +81,16 @@ def keep_if_finite(finite: jax.Array, new, old):
     """`new` when `finite`, else `old` (a step with NaN/Inf changes nothing). One `lax.cond` on
     the whole state rather than a `where` per leaf: XLA compiles the step several times faster."""
     return jax.lax.cond(finite, lambda: new, lambda: old)
+
+
+def _is_schedule(s) -> bool:
+    return isinstance(s, optax.ScaleByScheduleState)
+
+
+def skip_update(opt_state):
+    """The optimizer state after a skipped (non-finite) step: moments and Adam's bias-correction
+    count as they were, the learning-rate schedule's count advanced by one. `state.step` counts
+    batches consumed (the data position, checkpoints and `total_steps` follow it), so the schedule
+    must follow it too; Adam's count stays the number of updates its moments have seen."""
+    advance = lambda s: s._replace(count=optax.safe_increment(s.count)) if _is_schedule(s) else s
+    return jax.tree_util.tree_map(advance, opt_state, is_leaf=_is_schedule)

@@ -11,13 +11,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import optional
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+from nclm.codec.convert import ConversionError, convert_transformers, convert_transformers_dir
+from nclm.codec.interface import NeuralCodec
+from nclm.codec.model import Codec
 
-from nclm.codec.convert import ConversionError, convert_transformers, convert_transformers_dir  # noqa: E402
-from nclm.codec.interface import NeuralCodec  # noqa: E402
-from nclm.codec.model import Codec  # noqa: E402
+# Every test here compares with (or converts from) the transformers models.
+pytestmark = pytest.mark.needs("torch", "transformers")
+torch, transformers = optional("torch"), optional("transformers")
 
 
 def _signal(batch: int, length: int, seed: int) -> np.ndarray:

@@ -2,6 +2,7 @@
 scanned == unrolled layers, remat == none; full-size presets by eval_shape."""
 
 import dataclasses
+from functools import partial
 
 import flax.linen as nn
 import jax
@@ -32,14 +33,27 @@ def _text(lengths, width):
     return jnp.asarray(text), jnp.asarray(lengths, jnp.int32)
 
 
-@pytest.mark.parametrize("shared, conv", [(True, 0), (False, 0), (True, 3)])
-def test_cached_decoding_equals_full_forward(shared, conv):
+# GQA in float32 is tests/nn/test_attention_cache.py's; here bfloat16 with 2 KV heads: logits of
+# about +-4 that differ from float32's by 0.03. Cached == full to 0.0 on the CPU (its bf16 dots
+# accumulate each element in f32 alike for one token or the whole sequence); 0.03 (~8 bf16 steps
+# at 4) leaves room for GPU/TPU blocking, and a wrong cache row or position moves logits by O(1).
+CACHED_CASES = {  # shared, conv, KV heads, dtype, (atol, rtol)
+    "shared": (True, 0, 4, jnp.float32, (2e-5, 1e-5)),
+    "separate": (False, 0, 4, jnp.float32, (2e-5, 1e-5)),
+    "conformer": (True, 3, 4, jnp.float32, (2e-5, 1e-5)),
+    "bfloat16": (True, 0, 2, jnp.bfloat16, (0.03, 0.0)),
+}
+
+
+@pytest.mark.parametrize("case", list(CACHED_CASES))
+def test_cached_decoding_equals_full_forward(case):
     """Prefill + one cached step per token gives the logits of a full causal pass at every audio
     slot, for two rows with different text and prompt lengths (also with a shared Conformer
-    backbone, whose causal passes skip the conv)."""
-    cfg = dataclasses.replace(CFG, shared_backbone=shared, conv_kernel=conv)
+    backbone, whose causal passes skip the conv; with 2 KV heads for 4 query heads; in bf16)."""
+    shared, conv, kv_heads, dtype, (atol, rtol) = CACHED_CASES[case]
+    cfg = dataclasses.replace(CFG, shared_backbone=shared, conv_kernel=conv, num_kv_heads=kv_heads)
     params = _params(cfg)
-    model = CodecLM(cfg)
+    model = CodecLM(cfg, dtype)
     text, text_len = _text([5, 3], 6)
     task = jnp.zeros((2,), jnp.int32)
     prompt_len = jnp.asarray([2, 4], jnp.int32)
@@ -51,7 +65,7 @@ def test_cached_decoding_equals_full_forward(shared, conv):
     v = {"params": params}
 
     size = num_text + 1 + num_prompt + steps
-    cache = init_cache(cfg.stack(False), 2, size)
+    cache = init_cache(cfg.stack(False), 2, size, dtype)
     prefill_in = np.where(
         np.arange(1 + num_prompt) <= np.asarray(prompt_len)[:, None],
         audio[:, : 1 + num_prompt],
@@ -101,9 +115,10 @@ def test_cached_decoding_equals_full_forward(shared, conv):
             method=CodecLM.ar_logits,
         )[0]
         p = int(prompt_len[b])
-        np.testing.assert_allclose(cached[0][b, : p + 1], full[: p + 1], atol=2e-5, rtol=1e-5)
+        close = partial(np.testing.assert_allclose, atol=atol, rtol=rtol)
+        close(np.asarray(cached[0][b, : p + 1], np.float32), np.asarray(full[: p + 1], np.float32))
         for k in range(steps):
-            np.testing.assert_allclose(cached[k + 1][b], full[p + 1 + k], atol=2e-5, rtol=1e-5)
+            close(np.asarray(cached[k + 1][b], np.float32), np.asarray(full[p + 1 + k], np.float32))
 
 
 def _reference_loop(params, cfg, text, text_len, prompt, prompt_len, key, max_new, sampling):

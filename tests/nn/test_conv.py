@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import optional
 
 from nclm.nn import (
     AdaLayerNorm,
@@ -25,9 +26,11 @@ from nclm.nn import (
     conv_transpose_output_length,
 )
 
-torch = pytest.importorskip("torch")
-F = torch.nn.functional
-weight_norm = torch.nn.utils.parametrizations.weight_norm
+# Snake, AdaLN, the LSTM's and the initialisers' tests run without torch; the others need it.
+torch = optional("torch")
+F = torch.nn.functional if torch else None
+weight_norm = torch.nn.utils.parametrizations.weight_norm if torch else None
+needs_torch = pytest.mark.needs("torch")
 
 TOL = 1e-5
 
@@ -75,6 +78,7 @@ CONV_CASES = [  # c_in, c_out, kernel, stride, dilation, groups, padding
 ]
 
 
+@needs_torch
 @pytest.mark.parametrize("wn", [True, False], ids=["weight_norm", "plain"])
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "-".join(map(str, c)))
 def test_conv1d_matches_torch(case, wn):
@@ -127,6 +131,7 @@ PAD_CASES = [  # kernel, stride, dilation
 ]
 
 
+@needs_torch
 @pytest.mark.parametrize("mode", ["reflect", "constant"])
 @pytest.mark.parametrize("padding", ["causal", "centered"])
 @pytest.mark.parametrize("case", PAD_CASES, ids=lambda c: "k{}-s{}-d{}".format(*c))
@@ -167,6 +172,7 @@ def _transpose_params(conv) -> dict:
 TRANSPOSE_CASES = [(4, 2), (8, 4), (7, 3), (3, 1), (10, 5), (5, 4)]  # kernel, stride
 
 
+@needs_torch
 @pytest.mark.parametrize("case", TRANSPOSE_CASES, ids=lambda c: "k{}-s{}".format(*c))
 def test_conv_transpose1d_matches_torch(case):
     k, s = case
@@ -183,6 +189,7 @@ def test_conv_transpose1d_matches_torch(case):
         np.testing.assert_allclose(y, ref, atol=TOL, rtol=0, err_msg=f"trim {trim}")
 
 
+@needs_torch
 @pytest.mark.parametrize("trim", ["causal", "centered"])
 @pytest.mark.parametrize("case", TRANSPOSE_CASES, ids=lambda c: "k{}-s{}".format(*c))
 def test_conv_transpose1d_encodec_trim(case, trim):
@@ -228,6 +235,7 @@ def _lstm_params(lstm, num_layers: int) -> dict:
     return out
 
 
+@needs_torch
 def test_lstm_matches_torch():
     torch.manual_seed(0)
     dim, steps = 16, 50
@@ -291,6 +299,7 @@ def test_ada_layer_norm():
     np.testing.assert_allclose(np.asarray(y), ref, atol=TOL, rtol=0)
 
 
+@needs_torch
 def test_convnext_block_matches_torch():
     """Vocos' ConvNeXtBlock: depthwise conv k7 -> LayerNorm -> Linear -> GELU -> Linear, scaled by
     gamma and added to the input."""

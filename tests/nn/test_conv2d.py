@@ -9,13 +9,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import optional
 from jax.sharding import PartitionSpec
 
 from nclm.nn import Conv2d, conv2d_output_shape
 
-torch = pytest.importorskip("torch")
-F = torch.nn.functional
-weight_norm = torch.nn.utils.parametrizations.weight_norm
+# The init and error tests run without torch; the parity tests need it.
+torch = optional("torch")
+F = torch.nn.functional if torch else None
+weight_norm = torch.nn.utils.parametrizations.weight_norm if torch else None
+needs_torch = pytest.mark.needs("torch")
 
 TOL = 1e-5
 
@@ -57,6 +60,7 @@ CASES = [  # c_in, c_out, kernel, strides, dilation, groups, padding
 ]
 
 
+@needs_torch
 @pytest.mark.parametrize("wn", [True, False], ids=["weight_norm", "plain"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)).replace(" ", ""))
 def test_conv2d_matches_torch(case, wn):
@@ -71,6 +75,7 @@ def test_conv2d_matches_torch(case, wn):
     np.testing.assert_allclose(y, ref, atol=TOL, rtol=0)
 
 
+@needs_torch
 def test_conv2d_asymmetric_padding_matches_torch_pad():
     """((t_left, t_right), (f_left, f_right)) equals torch F.pad then an unpadded conv."""
     conv = _torch_conv(3, 5, (3, 4), True, seed=1)

@@ -34,9 +34,9 @@ PROMPT_TEXT = "hello there"
 TEXT = "The dog jumps. Hello fox!"  # two sentences
 
 
-def _voice(seconds: float, sample_rate: int = SR) -> np.ndarray:
+def _voice(seconds: float, sample_rate: int = SR, f0: float = 130.0) -> np.ndarray:
     t = np.arange(round(seconds * sample_rate)) / sample_rate
-    phase = 2 * np.pi * np.cumsum(130 * (1 + 0.05 * np.sin(2 * np.pi * 5 * t))) / sample_rate
+    phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.05 * np.sin(2 * np.pi * 5 * t))) / sample_rate
     envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 4 * t)
     return (0.2 * envelope * sum(np.sin(k * phase) / k for k in range(1, 6))).astype(np.float32)
 
@@ -115,6 +115,21 @@ def test_tts_writes_speech_deterministically(setup, capsys, mode):
         assert len(a[0]) == (64 + 45) * HOP + GAP and "; 38 masked decoding passes" in printed
     if mode == "ar+masked":  # levels 2..4, one pass each
         assert "; 6 masked decoding passes" in printed
+
+
+def test_the_prompt_conditions_the_output(setup, capsys):
+    """Masked mode, the same text, seed and prompt length, another voice (f0 210 Hz, not 130):
+    the prompt's codes reach the LM, so the speech differs, at the length estimated from the
+    prompt's 50 frames and 11 transcript tokens (64 + 45 frames, as for the first voice)."""
+    sf.write(setup / "voice_high.wav", _voice(1.0, f0=210.0), SR)
+    flags = ["--seed", "0", "--top-k", "50", "--mode", "masked"]  # the determinism test's program
+    wavs = []
+    for prompt in ("voice.wav", "voice_high.wav"):
+        out = setup / f"cond_{prompt}"
+        main(_single(setup, out, TEXT, prompt, *flags))
+        wavs.append(sf.read(out, dtype="float32")[0])
+    assert len(wavs[0]) == len(wavs[1]) == (64 + 45) * HOP + GAP
+    assert np.abs(wavs[0] - wavs[1]).max() > 1e-3
 
 
 def test_target_seconds_sets_the_masked_length(setup, capsys):

