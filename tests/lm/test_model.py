@@ -69,21 +69,17 @@ def test_cached_decoding_equals_full_forward(shared, conv):
         method=CodecLM.ar_hidden,
     )
     cached = [model.apply(v, h[:, num_text:], method=CodecLM.ar_project)]
-    rows = np.arange(size)[None]
     for k in range(steps):
         # feed each row's next code (audio slot prompt_len + 1 + k) at its own buffer row
         slot = np.asarray(prompt_len) + 1 + k
         tok = jnp.asarray(audio[np.arange(2), slot])
         write = jnp.asarray(num_text + slot, jnp.int32)
-        key_mask = (rows < np.asarray(text_len)[:, None]) | (
-            (rows >= num_text) & (rows <= np.asarray(write)[:, None])
-        )
         logits, cache = model.apply(
             v,
             tok,
             text_len + jnp.asarray(slot),
             write,
-            jnp.asarray(key_mask),
+            layout.cache_step_mask(text_len, num_text, write),
             cache,
             method=CodecLM.ar_step,
         )
