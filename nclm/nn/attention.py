@@ -11,7 +11,7 @@ forward).
 `attend` runs one of several implementations of the same masked attention:
     xla        jax's dense reference: float32 scores [B, N, Tq, Lk] under a dense mask
     blockwise  key-block loop with an online softmax, memory O(blocks) (any XLA backend)
-    cudnn      cuDNN flash attention with key lengths and is_causal (GPU, bfloat16/float16)
+    cudnn      cuDNN flash attention with key lengths and is_causal, keys packed (GPU, 16-bit)
     splash     Pallas splash attention with a block-sparse mask and segment ids (TPU)
     auto       by platform: few queries (cached steps) -> xla, whose scores are only [.., Tq, Lk];
                else GPU in 16-bit -> cudnn, TPU -> splash, otherwise blockwise past one block
@@ -87,9 +87,9 @@ def attend(
     impl = choose_implementation(implementation, q)
     if impl == "blockwise":
         return blockwise_attention(q, k, v, spec, _BLOCK, _BLOCK)
-    if impl == "cudnn":
-        return lengths_attention(q, k, v, spec, "cudnn")
     seen = spec.query_sees_any(q.shape[1])[:, :, None, None]
+    if impl == "cudnn":
+        return jnp.where(seen, lengths_attention(q, k, v, spec, "cudnn"), 0).astype(q.dtype)
     if impl == "splash":
         interpret = jax.default_backend() != "tpu"  # elsewhere the kernel is interpreted (tests)
         return jnp.where(seen, splash_attention(q, k, v, spec, interpret=interpret), 0).astype(

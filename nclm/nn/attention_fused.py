@@ -1,14 +1,20 @@
 """Fused attention kernels fed our masks in their own terms (nclm.nn.attention_mask.MaskSpec).
 
-cuDNN (GPU) takes a causal flag and per-row key lengths, one contiguous run of real keys per
-row, while our keys are real in two runs (the text prefix, then the audio suffix). So the
-attention runs once per key region and the two partial results are merged through their
-log-sum-exps, as FlashAttention merges key blocks:
+cuDNN (GPU) takes a causal flag and per-row key lengths: one contiguous run of real keys per
+row, counted from the start. Our real keys come in two runs (the real text, then the audio after
+the text padding), so the keys are first gathered per row into packed order, real text then
+audio, which attention does not see (a softmax over keys ignores their order):
 
-    prefix region  all queries x keys [0, P)    key_value_seq_lengths = prefix_len, not causal
-    suffix region  queries x keys [P, Lk)       key_value_seq_lengths = suffix_len, is_causal;
-                   (causal: queries [P, Tq) only, top-left aligned, so row P + i sees P..P + i)
-    out = (e^{lse_1} out_1 + e^{lse_2} out_2) / (e^{lse_1} + e^{lse_2})
+    packed key j' = j' (j' < prefix_len)   or   P + j' - prefix_len (an audio key)
+    not causal:  all queries x packed keys, key_value_seq_lengths = prefix_len + suffix_len
+    causal:      text queries x text keys [0, P), lengths prefix_len, not causal; and the queries
+                 packed the same way (audio query a at row prefix_len + a) x packed keys,
+                 is_causal, lengths prefix_len + suffix_len: audio query a sees the real text
+                 and audio keys 0..a. Each output row is read back from its own call.
+
+No log-sum-exp merging, so the kernel's own backward pass gives exact gradients (jax's cuDNN
+backward ignores the log-sum-exp output's cotangent). Rows that see no key get length 1 here and
+are zeroed by the caller (an empty softmax is undefined in a kernel).
 
 Splash attention (TPU, Pallas) takes one static block-sparse mask for the structure (causal
 with an always-visible prefix, or full) and segment ids for the per-row padding: real keys get
@@ -26,18 +32,12 @@ import numpy as np
 from nclm.nn.attention_mask import MaskSpec
 
 
-def _merge(parts: list[tuple[jax.Array, jax.Array, jax.Array]]) -> jax.Array:
-    """parts of (out[B, T, N, H], lse[B, T, N], has[B, T]: the part saw a key) -> merged out.
-    A part without keys has no defined lse (a kernel may return anything): it is dropped."""
-    lses = [jnp.where(has[..., None], lse.astype(jnp.float32), -jnp.inf) for _, lse, has in parts]
-    m = functools.reduce(jnp.maximum, lses)
-    m = jnp.where(jnp.isfinite(m), m, 0.0)
-    num, den = 0.0, 0.0
-    for (out, _, has), lse in zip(parts, lses, strict=True):
-        w = jnp.where(has[..., None], jnp.exp(lse - m), 0.0)  # [B, T, N]
-        num = num + w[..., None] * jnp.where(has[..., None, None], out.astype(jnp.float32), 0.0)
-        den = den + w
-    return (num / jnp.where(den > 0, den, 1.0)[..., None]).astype(parts[0][0].dtype)
+def _pack(x: jax.Array, prefix_len: jax.Array, prefix_slots: int, num: int) -> jax.Array:
+    """x[B, S, ...] -> [B, num, ...]: rows [0, prefix_len) then rows prefix_slots, ... per row."""
+    j = jnp.arange(num)[None]
+    src = jnp.where(j < prefix_len[:, None], j, prefix_slots + j - prefix_len[:, None])
+    src = jnp.clip(src, 0, x.shape[1] - 1)  # past the real keys: masked by the lengths
+    return jnp.take_along_axis(x, src.reshape(*src.shape, *(1,) * (x.ndim - 2)), axis=1)
 
 
 def lengths_attention(
@@ -48,37 +48,28 @@ def lengths_attention(
     implementation: str = "cudnn",
 ) -> jax.Array:
     """Attention by jax.nn.dot_product_attention with lengths and is_causal only (no dense mask).
-    implementation="xla" runs the same arguments through jax's reference (the CPU tests)."""
+    implementation="xla" runs the same arguments through jax's reference (the CPU tests). Rows
+    that see no key are left undefined (the caller zeroes them)."""
     if implementation == "cudnn" and q.dtype not in (jnp.bfloat16, jnp.float16):
         raise ValueError(
             f"attention='cudnn' needs bfloat16 or float16 compute (got {q.dtype}): set the "
             "compute dtype, or use attention='blockwise'"
         )
+    attend = functools.partial(jax.nn.dot_product_attention, implementation=implementation)
     t, s, p = q.shape[1], k.shape[1], spec.prefix_slots
-    attend = functools.partial(
-        jax.nn.dot_product_attention, implementation=implementation, return_residual=True
-    )
-    parts = []
-    if p > 0:
-        out, lse = attend(
-            q, k[:, :p], v[:, :p], key_value_seq_lengths=jnp.minimum(spec.prefix_len, p)
-        )
-        parts.append((out, lse, jnp.broadcast_to(spec.prefix_len[:, None] > 0, q.shape[:2])))
-    first = p if spec.causal else 0  # causal: queries before the suffix see none of it
-    if s > p and t > first:
-        out, lse = attend(
-            q[:, first:],
-            k[:, p:],
-            v[:, p:],
-            is_causal=spec.causal,
-            key_value_seq_lengths=jnp.minimum(spec.suffix_len, s - p).astype(jnp.int32),
-        )
-        pad = ((0, 0), (first, 0), (0, 0))
-        has = (spec.suffix_len[:, None] > 0) & (jnp.arange(t)[None] >= first)
-        parts.append((jnp.pad(out, (*pad, (0, 0))), jnp.pad(lse, pad), has))
-    if not parts:
-        return jnp.zeros_like(q)
-    return _merge(parts)
+    text = jnp.minimum(spec.prefix_len, p).astype(jnp.int32)
+    total = jnp.maximum(text + jnp.minimum(spec.suffix_len, s - p), 1).astype(jnp.int32)
+    k_packed, v_packed = _pack(k, text, p, s), _pack(v, text, p, s)
+    if not spec.causal:
+        return attend(q, k_packed, v_packed, key_value_seq_lengths=total)
+    out = attend(_pack(q, text, p, t), k_packed, v_packed, is_causal=True,
+                 key_value_seq_lengths=total)  # fmt: skip
+    rows = text[:, None] + jnp.arange(t - p)[None]  # audio query a sits at packed row text + a
+    audio = jnp.take_along_axis(out, jnp.clip(rows, 0, t - 1)[..., None, None], axis=1)
+    if p == 0:
+        return audio
+    text_out = attend(q[:, :p], k[:, :p], v[:, :p], key_value_seq_lengths=jnp.maximum(text, 1))
+    return jnp.concatenate([text_out, audio], axis=1)
 
 
 @functools.lru_cache(maxsize=32)

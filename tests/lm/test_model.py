@@ -15,6 +15,7 @@ from nclm.decode.sampling import SamplingConfig, sample_tokens
 from nclm.lm import config as C
 from nclm.lm import layout
 from nclm.lm.model import CodecLM, init_lm
+from nclm.nn import attention as attention_module
 from nclm.nn.transformer import init_cache, unstack_layers
 
 CFG = C.tiny(num_codebooks=3, codebook_size=16, text_vocab_size=20)
@@ -32,12 +33,17 @@ def _text(lengths, width):
     return jnp.asarray(text), jnp.asarray(lengths, jnp.int32)
 
 
-@pytest.mark.parametrize("shared, conv", [(True, 0), (False, 0), (True, 3)])
-def test_cached_decoding_equals_full_forward(shared, conv):
+@pytest.mark.parametrize(
+    "shared, conv, attention",
+    [(True, 0, "auto"), (False, 0, "auto"), (True, 3, "auto"), (True, 0, "blockwise")],
+)
+def test_cached_decoding_equals_full_forward(shared, conv, attention, monkeypatch):
     """Prefill + one cached step per token gives the logits of a full causal pass at every audio
     slot, for two rows with different text and prompt lengths (also with a shared Conformer
-    backbone, whose causal passes skip the conv)."""
-    cfg = dataclasses.replace(CFG, shared_backbone=shared, conv_kernel=conv)
+    backbone, whose causal passes skip the conv, and with blockwise attention in blocks of 4,
+    so that prefill, steps and full passes all cross block boundaries)."""
+    monkeypatch.setattr(attention_module, "_BLOCK", 4)
+    cfg = dataclasses.replace(CFG, shared_backbone=shared, conv_kernel=conv, attention=attention)
     params = _params(cfg)
     model = CodecLM(cfg)
     text, text_len = _text([5, 3], 6)

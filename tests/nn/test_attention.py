@@ -5,9 +5,10 @@ padded row (which outputs zeros everywhere).
 
 Covered on the CPU: blockwise (block sizes that do and do not divide the lengths), TPU splash
 attention in Pallas interpret mode, and the cuDNN path's argument translation (its calls to
-jax.nn.dot_product_attention are recorded: lengths and is_causal only, no dense mask, and run
-through jax's xla implementation with those same arguments). Not covered: the cuDNN kernel
-itself (no GPU here), splash compiled for a TPU."""
+jax.nn.dot_product_attention are recorded: packed keys, lengths and is_causal only, no dense
+mask, and run through jax's xla implementation with those same arguments), gradients of the
+blockwise and cuDNN-argument paths. Not covered: the cuDNN kernel itself (no GPU here; e.g. its
+output for a length-1 row), splash compiled for a TPU, splash gradients."""
 
 import jax
 import jax.numpy as jnp
@@ -92,50 +93,56 @@ def test_blockwise_matches_dense(kind):
     assert not np.asarray(got[2]).any()
 
 
-def test_blockwise_gradients_match_dense():
-    """Training on the CPU runs through the blockwise loop: its gradients are the dense ones."""
-    q, k, v, spec = _case("causal")
+def _grads(fn, q, k, v):
     r = jnp.asarray(np.random.default_rng(3).normal(size=q.shape), jnp.float32)
+    return jax.jit(jax.grad(lambda q, k, v: (fn(q, k, v) * r).sum(), (0, 1, 2)))(q, k, v)
 
-    def loss(impl, q, k, v):
-        return (impl(q, k, v) * r).sum()
 
-    dense = jax.grad(lambda *a: loss(lambda *x: attend(*x, spec, "xla"), *a), (0, 1, 2))
-    block = jax.grad(lambda *a: loss(lambda *x: blockwise_attention(*x, spec, 4, 4), *a), (0, 1, 2))
-    for g_dense, g_block in zip(dense(q, k, v), jax.jit(block)(q, k, v), strict=True):
-        np.testing.assert_allclose(g_block, g_dense, atol=1e-5)
+def test_gradients_match_dense():
+    """Training runs through these paths: the blockwise loop's gradients and those of the cuDNN
+    path's arguments (packed keys, lengths, is_causal; run by jax's xla implementation) are the
+    dense reference's, padding and the fully padded row included."""
+    q, k, v, spec = _case("causal")
+    seen = spec.query_sees_any(q.shape[1])[:, :, None, None]
+    want = _grads(lambda *x: attend(*x, spec, "xla"), q, k, v)
+    block = _grads(lambda *x: blockwise_attention(*x, spec, 4, 4), q, k, v)
+    lengths = _grads(
+        lambda *x: jnp.where(seen, attention_fused.lengths_attention(*x, spec, "xla"), 0), q, k, v
+    )
+    for name, got in (("blockwise", block), ("lengths", lengths)):
+        for g_got, g_want in zip(got, want, strict=True):
+            np.testing.assert_allclose(g_got, g_want, atol=1e-5, err_msg=name)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_cudnn_arguments_are_lengths_and_causal(kind, monkeypatch):
-    """The cuDNN path passes no mask or bias, only key lengths per region and is_causal; run with
-    those same arguments by jax's xla implementation, it equals the dense reference."""
+    """The cuDNN path passes no mask or bias, only packed keys, key lengths and is_causal; run
+    with those same arguments by jax's xla implementation, it equals the dense reference."""
     calls = []
     real = jax.nn.dot_product_attention
 
     def record(q, k, v, bias=None, mask=None, **kw):
-        assert bias is None and mask is None
-        assert kw.pop("implementation") == "cudnn" and "query_seq_lengths" not in kw
-        calls.append((q.shape[1], k.shape[1], kw["is_causal"] if "is_causal" in kw else False,
-                      np.asarray(kw["key_value_seq_lengths"])))  # fmt: skip
-        return real(q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32), **kw,
-                    implementation="xla")  # fmt: skip
+        assert bias is None and mask is None and "query_seq_lengths" not in kw
+        assert kw.pop("implementation") == "cudnn" and q.dtype == jnp.bfloat16
+        lengths = np.asarray(kw["key_value_seq_lengths"])
+        calls.append((q.shape[1], k.shape[1], kw.get("is_causal", False), lengths))
+        f32 = (x.astype(jnp.float32) for x in (q, k, v))
+        return real(*f32, **kw, implementation="xla")
 
     monkeypatch.setattr(jax.nn, "dot_product_attention", record)
-    q, k, v, spec = _case(kind)
-    got = attention_fused.lengths_attention(
-        *(x.astype(jnp.bfloat16) for x in (q, k, v)), spec, "cudnn"
-    )
-    want = _dense(*(x.astype(jnp.bfloat16).astype(jnp.float32) for x in (q, k, v)), spec)
-    np.testing.assert_allclose(got, want, atol=1e-5)  # the recorder computes in float32
+    q, k, v, spec = (*(x.astype(jnp.bfloat16) for x in _case(kind)[:3]), _case(kind)[3])
+    got = attend(q, k, v, spec, "cudnn")
+    want = _dense(*(x.astype(jnp.float32) for x in (q, k, v)), spec)
+    np.testing.assert_allclose(got.astype(jnp.float32), want, atol=1e-2)  # a bf16 output
     t, s = q.shape[1], k.shape[1]
-    causal = kind in ("causal", "prefill")
-    text = (t, LT, False, np.minimum(TEXT_LEN, LT))
-    audio = (t - LT if causal else t, s - LT, causal, AUDIO_LEN)  # cached step: rows written
-    assert len(calls) == 2
-    for call, expected in zip(calls, (text, audio), strict=True):
-        assert call[:3] == expected[:3]
-        np.testing.assert_array_equal(call[3], expected[3])
+    real_keys = np.maximum(TEXT_LEN + AUDIO_LEN, 1)  # the cached step: audio rows written
+    expected = [(t, s, kind in ("causal", "prefill"), real_keys)]
+    if kind in ("causal", "prefill"):  # text queries: text keys only
+        expected.append((LT, LT, False, np.maximum(TEXT_LEN, 1)))
+    assert len(calls) == len(expected)
+    for call, want_call in zip(calls, expected, strict=True):
+        assert call[:3] == want_call[:3]
+        np.testing.assert_array_equal(call[3], want_call[3])
 
 
 def test_cudnn_needs_16_bit_compute():
