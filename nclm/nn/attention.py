@@ -68,7 +68,8 @@ def choose_implementation(implementation: str, q: jax.Array, platform: str | Non
     num_q, head_dim = q.shape[1], q.shape[-1]
     if num_q <= _FEW_QUERIES:
         return "xla"
-    if platform == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0:
+    cudnn_fits = q.dtype in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 256
+    if platform == "gpu" and cudnn_fits:
         return "cudnn"
     if platform == "tpu":
         return "splash"

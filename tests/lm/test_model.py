@@ -46,6 +46,7 @@ def test_cached_decoding_equals_full_forward(shared, conv, attention, monkeypatc
     cfg = dataclasses.replace(CFG, shared_backbone=shared, conv_kernel=conv, attention=attention)
     params = _params(cfg)
     model = CodecLM(cfg)
+    apply = jax.jit(model.apply, static_argnames="method")  # one compile per shape
     text, text_len = _text([5, 3], 6)
     task = jnp.zeros((2,), jnp.int32)
     prompt_len = jnp.asarray([2, 4], jnp.int32)
@@ -63,7 +64,7 @@ def test_cached_decoding_equals_full_forward(shared, conv, attention, monkeypatc
         audio[:, : 1 + num_prompt],
         cfg.pad_id,
     )
-    h, cache = model.apply(
+    h, cache = apply(
         v,
         text,
         text_len,
@@ -74,13 +75,13 @@ def test_cached_decoding_equals_full_forward(shared, conv, attention, monkeypatc
         jnp.zeros(2, jnp.int32),
         method=CodecLM.ar_hidden,
     )
-    cached = [model.apply(v, h[:, num_text:], method=CodecLM.ar_project)]
+    cached = [apply(v, h[:, num_text:], method=CodecLM.ar_project)]
     for k in range(steps):
         # feed each row's next code (audio slot prompt_len + 1 + k) at its own buffer row
         slot = np.asarray(prompt_len) + 1 + k
         tok = jnp.asarray(audio[np.arange(2), slot])
         write = jnp.asarray(num_text + slot, jnp.int32)
-        logits, cache = model.apply(
+        logits, cache = apply(
             v,
             tok,
             text_len + jnp.asarray(slot),
@@ -93,7 +94,7 @@ def test_cached_decoding_equals_full_forward(shared, conv, attention, monkeypatc
 
     for b in range(2):  # the full pass over each row's own real sequence
         n_audio = int(prompt_len[b]) + 1 + steps
-        full = model.apply(
+        full = apply(
             v,
             text[b : b + 1],
             text_len[b : b + 1],
