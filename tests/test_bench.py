@@ -88,6 +88,8 @@ def test_bench_lm_decode_tiny(tmp_path, capsys):
         assert r["text"] + r["prompt"] == 16 and r["ar_compile_s"] > 0
         assert r["ar_steps_per_s"] == pytest.approx(8 / r["ar_call_s"])
         assert r["nar_passes_per_s"] == pytest.approx(3 / r["nar_call_s"])  # tiny: Q = 4
+        assert r["attention"] == "auto" and r["ar_temp_mb"] > 0 and r["nar_temp_mb"] > 0
+    assert result["peak_rss_mb"] > 0
     json_line = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(json_line)["command"] == result["command"]
     assert json.loads(out.read_text())["results"] == result["results"]

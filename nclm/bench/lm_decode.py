@@ -2,6 +2,8 @@
 
     nclm bench lm-decode --preset valle --batch 1 64 --context 384 --steps 256 [--dtype bfloat16]
     nclm bench lm-decode --preset tiny --context 32 --steps 16 --repeats 2      # CPU, seconds
+    nclm bench lm-decode --preset small --batch 64 --context 2000 --steps 1 \
+        --attention xla blockwise --compile-only     # memory of the dense vs blockwise programs
 
 AR: the jitted `ar_generate` with min_new = max_new = --steps, so every row runs every step (a
 random model would otherwise stop at a random EOS). One call is a prefill over the context and
@@ -15,15 +17,20 @@ bidirectional passes per call over context + steps slots; passes/s and frames/s 
 
 Each program is compiled ahead of time (`.lower().compile()`, timed separately), run once to warm
 up, then timed --repeats times to `block_until_ready`; figures are medians. Parameters stay
-float32 (as `nclm tts` keeps them); --dtype is the compute dtype.
+float32 (as `nclm tts` keeps them); --dtype is the compute dtype. --attention runs the settings
+once per attention implementation (nclm.nn.attention), in the same process. Memory: each
+program's temporary buffers as XLA plans them (`memory_analysis()`, without running it; the
+attention scores live there), and the process's peak resident memory at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -40,6 +47,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=128, help="AR steps / NAR frames (128)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per setting (3)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument(
+        "--attention",
+        nargs="+",
+        default=["auto"],
+        choices=["auto", "xla", "blockwise", "cudnn", "splash"],  # nclm.nn.attention
+        help="attention implementations to run, each in turn (auto)",
+    )
+    parser.add_argument(
+        "--compile-only", action="store_true", help="compile and report memory, do not run"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="OUT", help="also write the results to this JSON file")
 
@@ -48,7 +65,8 @@ def _command(args: argparse.Namespace) -> str:
     return (
         f"nclm bench lm-decode --preset {args.preset} --batch {' '.join(map(str, args.batch))} "
         f"--context {args.context} --steps {args.steps} --repeats {args.repeats} "
-        f"--dtype {args.dtype}"
+        f"--dtype {args.dtype} --attention {' '.join(args.attention)}"
+        + (" --compile-only" if args.compile_only else "")
     )
 
 
@@ -64,10 +82,12 @@ def _timed(compiled: Callable, call_args: tuple, call_kwargs: dict, repeats: int
     return times
 
 
-def _compile(fn, args: tuple, kwargs: dict, static: dict) -> tuple[Callable, float]:
+def _compile(fn, args: tuple, kwargs: dict, static: dict) -> tuple[Callable, float, float]:
+    """-> (compiled, seconds, temporary MB the program needs)."""
     start = time.perf_counter()
     compiled = fn.lower(*args, **kwargs, **static).compile()
-    return compiled, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    return compiled, seconds, compiled.memory_analysis().temp_size_in_bytes / 2**20
 
 
 def _setting(cfg, params, batch: int, args: argparse.Namespace, dtype) -> dict:
@@ -90,46 +110,68 @@ def _setting(cfg, params, batch: int, args: argparse.Namespace, dtype) -> dict:
     key = jax.random.PRNGKey(args.seed)
     static = {"cfg": cfg, "dtype": dtype}
     row = {"batch": batch, "text": num_text, "prompt": num_prompt, "steps": args.steps}
+    row["attention"] = cfg.attention
 
     ar_args = (params, text, text_len, prompt[:, 0], prompt_len, key)
     ar_kwargs = {"min_new": jnp.int32(args.steps)}
-    compiled, row["ar_compile_s"] = _compile(
+    compiled, row["ar_compile_s"], row["ar_temp_mb"] = _compile(
         ar_generate, ar_args, ar_kwargs, {**static, "max_new": args.steps}
     )
-    times = _timed(compiled, ar_args, ar_kwargs, args.repeats)
-    row["ar_call_s"] = statistics.median(times)
-    row["ar_steps_per_s"] = args.steps / row["ar_call_s"]
-    row["ar_tokens_per_s"] = batch * row["ar_steps_per_s"]
+    if not args.compile_only:
+        times = _timed(compiled, ar_args, ar_kwargs, args.repeats)
+        row["ar_call_s"] = statistics.median(times)
+        row["ar_steps_per_s"] = args.steps / row["ar_call_s"]
+        row["ar_tokens_per_s"] = batch * row["ar_steps_per_s"]
 
     passes = cfg.num_codebooks - 1
     if passes:
         level1 = jnp.asarray(rng.integers(0, cfg.codebook_size, (batch, args.steps)), jnp.int32)
         gen_len = jnp.full((batch,), args.steps, jnp.int32)
         nar_args = (params, text, text_len, prompt, prompt_len, level1, gen_len, key)
-        compiled, row["nar_compile_s"] = _compile(nar_generate, nar_args, {}, static)
-        row["nar_call_s"] = statistics.median(_timed(compiled, nar_args, {}, args.repeats))
-        row["nar_passes_per_s"] = passes / row["nar_call_s"]
-        row["nar_frames_per_s"] = batch * args.steps * passes / row["nar_call_s"]
+        compiled, row["nar_compile_s"], row["nar_temp_mb"] = _compile(
+            nar_generate, nar_args, {}, static
+        )
+        if not args.compile_only:
+            row["nar_call_s"] = statistics.median(_timed(compiled, nar_args, {}, args.repeats))
+            row["nar_passes_per_s"] = passes / row["nar_call_s"]
+            row["nar_frames_per_s"] = batch * args.steps * passes / row["nar_call_s"]
     return row
+
+
+def _fmt(r: dict, key: str, spec: str) -> str:
+    width = int(spec.split(".")[0])
+    return format(r[key], spec) if key in r else f"{'-':>{width}}"
 
 
 def _table(rows: list[dict]) -> str:
     out = [
-        f"{'batch':>5} {'context':>7} {'steps':>5} | {'AR compile s':>12} {'call s':>8} "
-        f"{'steps/s':>8} {'tokens/s':>9} | {'NAR compile s':>13} {'call s':>8} "
-        f"{'passes/s':>8} {'frames/s':>9}"
+        f"{'attention':>9} {'batch':>5} {'context':>7} {'steps':>5} | {'AR compile s':>12} "
+        f"{'temp MB':>8} {'call s':>8} {'steps/s':>8} {'tokens/s':>9} | {'NAR compile s':>13} "
+        f"{'temp MB':>8} {'call s':>8} {'passes/s':>8} {'frames/s':>9}"
     ]
     for r in rows:
+        ar = " ".join(
+            _fmt(r, k, f)
+            for k, f in [("ar_compile_s", "12.2f"), ("ar_temp_mb", "8.0f"), ("ar_call_s", "8.4f"),
+                         ("ar_steps_per_s", "8.1f"), ("ar_tokens_per_s", "9.0f")]
+        )  # fmt: skip
         nar = (
-            f"{r['nar_compile_s']:>13.2f} {r['nar_call_s']:>8.4f} {r['nar_passes_per_s']:>8.1f} "
-            f"{r['nar_frames_per_s']:>9.0f}"
-            if "nar_call_s" in r
+            " ".join(
+                _fmt(r, k, f)
+                for k, f in [
+                    ("nar_compile_s", "13.2f"),
+                    ("nar_temp_mb", "8.0f"),
+                    ("nar_call_s", "8.4f"),
+                    ("nar_passes_per_s", "8.1f"),
+                    ("nar_frames_per_s", "9.0f"),
+                ]
+            )  # fmt: skip
+            if "nar_compile_s" in r
             else f"{'n/a (Q = 1)':>13}"
         )
         out.append(
-            f"{r['batch']:>5} {r['text'] + r['prompt']:>7} {r['steps']:>5} | "
-            f"{r['ar_compile_s']:>12.2f} {r['ar_call_s']:>8.4f} {r['ar_steps_per_s']:>8.1f} "
-            f"{r['ar_tokens_per_s']:>9.0f} | {nar}"
+            f"{r['attention']:>9} {r['batch']:>5} {r['text'] + r['prompt']:>7} {r['steps']:>5} | "
+            f"{ar} | {nar}"
         )
     return "\n".join(out)
 
@@ -172,8 +214,13 @@ def run(args: argparse.Namespace) -> dict:
         flush=True,
     )
     for batch in sorted(set(args.batch)):
-        result["results"].append(_setting(cfg, params, batch, args, dtype))
+        for attention in args.attention:
+            cfg_attention = dataclasses.replace(cfg, attention=attention)
+            result["results"].append(_setting(cfg_attention, params, batch, args, dtype))
+    # Linux reports kilobytes
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(_table(result["results"]))
+    print(f"peak resident memory of this process: {result['peak_rss_mb']:.0f} MB")
     print(json.dumps(result))
     if args.json:
         with open(args.json, "w") as f:

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from nclm.decode.sampling import SamplingConfig, sample_tokens
+from nclm.lm import layout
 from nclm.lm.config import LMConfig
 from nclm.lm.model import CodecLM
 from nclm.nn.transformer import init_cache
@@ -81,7 +82,6 @@ def ar_generate(
     tok = draw(0, logits, history)
     history = history.at[:, 0].set(tok)
     done = tok == eos
-    rows = jnp.arange(size)[None]
 
     def cond(carry):
         step, _, _, _, done = carry
@@ -90,7 +90,7 @@ def ar_generate(
     def body(carry):
         step, tok, cache, history, done = carry
         write = num_text + prompt_len + step  # the row of generated code step - 1
-        key_mask = (rows < text_len[:, None]) | ((rows >= num_text) & (rows <= write[:, None]))
+        key_mask = layout.cache_step_mask(text_len, num_text, write)
         position = text_len + prompt_len + step
         logits, cache = model.apply(
             variables, tok, position, write, key_mask, cache, method=CodecLM.ar_step

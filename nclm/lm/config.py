@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from nclm.nn.attention import IMPLEMENTATIONS
 from nclm.nn.transformer import REMAT_POLICIES, StackConfig
 
 NUM_AUDIO_SPECIALS = 4  # EOS, BOS, MASK, PAD after the V codes of each level
@@ -39,6 +40,9 @@ class LMConfig:
     rope_base: float = 10000.0
     scan_layers: bool = True
     remat: str = "none"  # one of nclm.nn.transformer.REMAT_POLICIES
+    # nclm.nn.attention.IMPLEMENTATIONS: auto = cuDNN on GPU (16-bit), splash on TPU, blockwise
+    # on CPU for long sequences, the dense xla reference for short ones and cached steps
+    attention: str = "auto"
 
     def __post_init__(self):
         if self.width % self.num_heads or self.num_heads % self.num_kv_heads:
@@ -46,6 +50,8 @@ class LMConfig:
                 f"lm: width {self.width} must divide into num_heads {self.num_heads}, and "
                 f"num_heads into num_kv_heads {self.num_kv_heads}"
             )
+        if self.attention not in IMPLEMENTATIONS:
+            raise ValueError(f"lm.attention={self.attention!r}: expected one of {IMPLEMENTATIONS}")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"lm.remat={self.remat!r}: expected one of {sorted(REMAT_POLICIES)}")
         if self.num_codebooks < 1 or self.codebook_size < 2:
@@ -89,6 +95,7 @@ class LMConfig:
             num_stages=self.num_codebooks,
             scan_layers=self.scan_layers,
             remat=self.remat,
+            attention=self.attention,
         )
 
     def to_dict(self) -> dict[str, Any]:

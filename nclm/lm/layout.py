@@ -20,6 +20,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from nclm.nn.attention_mask import MaskSpec
 from nclm.text.symbols import BOS_ID, EOS_ID
 
 
@@ -51,6 +52,18 @@ def attention_mask(
     k_is_audio = k >= num_text
     allowed = ~k_is_audio | ((q >= num_text) & (k <= q))  # text keys always; audio keys causally
     return mask & allowed[None]
+
+
+def mask_spec(text_len: jax.Array, audio_len: jax.Array, num_text: int, causal: bool) -> MaskSpec:
+    """`attention_mask` as data (what the attention kernels take): the text slots are the prefix
+    region, the audio slots the (causal or not) suffix."""
+    return MaskSpec(text_len, audio_len, num_text, causal)
+
+
+def cache_step_mask(text_len: jax.Array, num_text: int, last_row: jax.Array) -> MaskSpec:
+    """The keys of a cached AR step writing cache row last_row[B]: the real text rows and the
+    audio rows [num_text, last_row] (itself included); later rows are stale or unwritten."""
+    return MaskSpec(text_len, last_row - num_text + 1, num_text, False)
 
 
 def ar_audio(codes1: jax.Array, code_len: jax.Array, bos: int, eos: int, pad: int):

@@ -26,6 +26,7 @@ from nclm.lm import layout
 from nclm.lm.config import LMConfig
 from nclm.nn import init as initializers
 from nclm.nn.attention import LayerCache
+from nclm.nn.attention_mask import MaskSpec
 from nclm.nn.transformer import TransformerStack
 
 
@@ -109,10 +110,8 @@ class CodecLM(nn.Module):
             [self.embed_text(text, task), self.embed_audio(audio_in[:, None])], axis=1
         )
         pos = layout.positions(text_len, num_text, num_audio)
-        mask = layout.attention_mask(text_len, audio_len, num_text, num_audio, causal=True)
-        if cache is not None:  # keys beyond this call's slots are not yet written: hide them
-            extra = cache.k.shape[2] - mask.shape[2]
-            mask = jnp.pad(mask, ((0, 0), (0, 0), (0, extra)))
+        # with a cache, rows past this call's slots are not yet written: audio_len hides them
+        mask = layout.mask_spec(text_len, audio_len, num_text, causal=True)
         stage = jnp.zeros(text.shape[:1], jnp.int32)
         return self._stack(True)(x, pos, mask, stage, None, cache, write_index)
 
@@ -130,14 +129,14 @@ class CodecLM(nn.Module):
         token: jax.Array,  # int32[B], the last level-1 id
         position: jax.Array,  # int32[B], its rotary position
         write_index: jax.Array,  # int32[B], its cache row
-        key_mask: jax.Array,  # bool[B, L], the cache rows it may attend to (itself included)
+        key_mask: MaskSpec,  # the cache rows it may attend to (layout.cache_step_mask)
         cache: LayerCache,
     ) -> tuple[jax.Array, LayerCache]:
         """One cached decoding step: float32[B, V + 1] logits of the next id, and the cache."""
         x = self.embed_audio(token[:, None, None])  # [B, 1, D]
         stage = jnp.zeros(token.shape, jnp.int32)
         h, cache = self._stack(True)(
-            x, position[:, None], key_mask[:, None, :], stage, None, cache, write_index
+            x, position[:, None], key_mask, stage, None, cache, write_index
         )
         return self.ar_project(h)[:, 0], cache
 
@@ -148,7 +147,7 @@ class CodecLM(nn.Module):
         num_text, num_frames = text.shape[1], codes.shape[2]
         x = jnp.concatenate([self.embed_text(text, task), self.embed_audio(codes, visible)], axis=1)
         pos = layout.positions(text_len, num_text, num_frames)
-        mask = layout.attention_mask(text_len, code_len, num_text, num_frames, causal=False)
+        mask = layout.mask_spec(text_len, code_len, num_text, causal=False)
         # the Conformer conv sees real audio frames only, so text padding (bucket-dependent)
         # never reaches it
         conv_mask = layout.key_valid(jnp.zeros_like(text_len), code_len, num_text, num_frames)
@@ -177,7 +176,7 @@ class CodecLM(nn.Module):
             frames = frames + jnp.take(self.semantic_embed, semantic, axis=0)
         x = jnp.concatenate([self.embed_text(text, task), frames], axis=1)
         pos = layout.positions(text_len, num_text, num_frames)
-        mask = layout.attention_mask(text_len, code_len, num_text, num_frames, causal=False)
+        mask = layout.mask_spec(text_len, code_len, num_text, causal=False)
         conv_mask = layout.key_valid(jnp.zeros_like(text_len), code_len, num_text, num_frames)
         stage = jnp.full(text.shape[:1], level - 1, jnp.int32)
         h, _ = self._stack(False)(x, pos, mask, stage, conv_mask)

@@ -3,9 +3,18 @@
 The cache is a value, passed in and returned (DESIGN.md decision 1): one layer's keys and values
 are `k, v: [B, L, K, H]` (L the preallocated length, K the key/value heads). A call with `cache`
 writes its K/V rows at `write_index[B]` (each row its own offset, so prompts of different lengths
-decode together) and attends over the whole buffer; `mask[B, Tq, L]` says which keys each query
-may see, so stale rows beyond a row's length are never read. Without a cache the call attends
-over its own keys (training, full forward).
+decode together) and attends over the whole buffer; the mask (a `MaskSpec`: lengths and a causal
+flag, nclm.nn.attention_mask) says which keys each query may see, so stale rows beyond a row's
+length are never read. Without a cache the call attends over its own keys (training, full
+forward).
+
+`attend` runs one of several implementations of the same masked attention:
+    xla        jax's dense reference: float32 scores [B, N, Tq, Lk] under a dense mask
+    blockwise  key-block loop with an online softmax, memory O(blocks) (any XLA backend)
+    cudnn      cuDNN flash attention with key lengths and is_causal, keys packed (GPU, 16-bit)
+    splash     Pallas splash attention with a block-sparse mask and segment ids (TPU)
+    auto       by platform: few queries (cached steps) -> xla, whose scores are only [.., Tq, Lk];
+               else GPU in 16-bit -> cudnn, TPU -> splash, otherwise blockwise past one block
 """
 
 from __future__ import annotations
@@ -17,6 +26,13 @@ import jax
 import jax.numpy as jnp
 
 from nclm.nn import init as initializers
+from nclm.nn.attention_blockwise import blockwise_attention
+from nclm.nn.attention_fused import lengths_attention, splash_attention
+from nclm.nn.attention_mask import MaskSpec
+
+IMPLEMENTATIONS = ("auto", "xla", "blockwise", "cudnn", "splash")
+_FEW_QUERIES = 16  # cached steps: dense scores [B, N, Tq, Lk] are small, no kernel needed
+_BLOCK = 512  # blockwise: queries and keys per block
 
 
 class LayerCache(NamedTuple):
@@ -54,19 +70,62 @@ def _write_rows(buffer: jax.Array, new: jax.Array, index: jax.Array) -> jax.Arra
     )
 
 
+def choose_implementation(implementation: str, q: jax.Array, platform: str | None = None) -> str:
+    """The implementation `auto` stands for, for queries q[B, T, N, H] on `platform`."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"attention={implementation!r}: expected one of {IMPLEMENTATIONS}")
+    if implementation != "auto":
+        return implementation
+    platform = platform or jax.default_backend()
+    num_q, head_dim = q.shape[1], q.shape[-1]
+    if num_q <= _FEW_QUERIES:
+        return "xla"
+    cudnn_fits = q.dtype in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 256
+    if platform == "gpu" and cudnn_fits:
+        return "cudnn"
+    if platform == "tpu":
+        return "splash"
+    return "blockwise" if num_q > _BLOCK else "xla"
+
+
+def attend(
+    q: jax.Array,  # [B, T, N, H]
+    k: jax.Array,  # [B, S, K, H]
+    v: jax.Array,  # [B, S, K, H]
+    spec: MaskSpec,
+    implementation: str = "auto",
+) -> jax.Array:
+    """Masked multi-head (grouped-query) attention, softmax in float32 -> [B, T, N, H]. A query
+    that sees no key outputs zeros."""
+    impl = choose_implementation(implementation, q)
+    if impl == "blockwise":
+        return blockwise_attention(q, k, v, spec, _BLOCK, _BLOCK)
+    seen = spec.query_sees_any(q.shape[1])[:, :, None, None]
+    if impl == "cudnn":
+        return jnp.where(seen, lengths_attention(q, k, v, spec, "cudnn"), 0).astype(q.dtype)
+    if impl == "splash":
+        interpret = jax.default_backend() != "tpu"  # elsewhere the kernel is interpreted (tests)
+        return jnp.where(seen, splash_attention(q, k, v, spec, interpret=interpret), 0).astype(
+            q.dtype
+        )
+    mask = spec.dense(q.shape[1], k.shape[1])[:, None]
+    return jnp.where(seen, jax.nn.dot_product_attention(q, k, v, mask=mask), 0).astype(q.dtype)
+
+
 class Attention(nn.Module):
     num_heads: int
     num_kv_heads: int
     head_dim: int
     rope_base: float = 10000.0
     dtype: Any = jnp.float32
+    implementation: str = "auto"  # one of IMPLEMENTATIONS
 
     @nn.compact
     def __call__(
         self,
         x: jax.Array,  # [B, T, D]
         positions: jax.Array,  # int32[B, T]
-        mask: jax.Array,  # bool[B, T, T] or, with a cache, bool[B, T, L]
+        mask: MaskSpec,  # over the call's own T keys or, with a cache, the L cache rows
         cache: LayerCache | None = None,
         write_index: jax.Array | None = None,  # int32[B], with a cache
     ) -> tuple[jax.Array, LayerCache | None]:
@@ -90,7 +149,7 @@ class Attention(nn.Module):
                 _write_rows(cache.k, key, write_index), _write_rows(cache.v, value, write_index)
             )
             key, value = cache.k.astype(self.dtype), cache.v.astype(self.dtype)
-        out = jax.nn.dot_product_attention(q, key, value, mask=mask[:, None])  # softmax in f32
+        out = attend(q, key, value, mask, self.implementation)
         out = nn.DenseGeneral(
             x.shape[-1],
             axis=(-2, -1),

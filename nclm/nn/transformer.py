@@ -1,6 +1,6 @@
 """Pre-norm transformer (optionally Conformer) blocks, scanned over layers, remat policy by name.
 
-    x <- x + Attn(Norm(x, stage))            rotary positions; the mask decides causal or not
+    x <- x + Attn(Norm(x, stage))            rotary positions; the MaskSpec decides causal or not
     x <- x + Conv(Norm(x, stage))            conv_kernel > 0 and a `valid` mask given (Conformer)
     x <- x + FFN(Norm(x, stage))             Dense(F) -> GELU -> Dense(D)
     out = Norm(x, stage)
@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from nclm.nn import init as initializers
 from nclm.nn.attention import Attention, LayerCache
+from nclm.nn.attention_mask import MaskSpec
 from nclm.nn.norms import layer_norm
 
 
@@ -49,6 +50,7 @@ class StackConfig:
     num_stages: int = 1  # AdaLN rows (VALL-E: one per stage); 1 = plain LayerNorm
     scan_layers: bool = True
     remat: str = "none"
+    attention: str = "auto"  # nclm.nn.attention.IMPLEMENTATIONS
 
     @property
     def head_dim(self) -> int:
@@ -120,7 +122,13 @@ class Block(nn.Module):
             return layer_norm(h, stage, cfg.num_stages if cfg.num_stages > 1 else 0, name)
 
         h, cache = Attention(
-            cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rope_base, self.dtype, name="attn"
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            cfg.rope_base,
+            self.dtype,
+            cfg.attention,
+            name="attn",
         )(norm(x, "attn_norm"), positions, mask, cache, write_index)
         x = x + drop(h)
         if (
@@ -179,7 +187,7 @@ class TransformerStack(nn.Module):
         self,
         x: jax.Array,
         positions: jax.Array,  # int32[B, T]
-        mask: jax.Array,  # bool[B, T, T] (or [B, T, L] with a cache)
+        mask: MaskSpec,  # which keys each query sees (nclm.nn.attention_mask)
         stage: jax.Array | None = None,  # int32[B], AdaLN row
         valid: jax.Array | None = None,  # bool[B, T]: conv module frames; None skips the conv
         cache: LayerCache | None = None,  # k, v: [layers, B, L, K, H]

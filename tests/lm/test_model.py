@@ -16,6 +16,7 @@ from nclm.decode.sampling import SamplingConfig, sample_tokens
 from nclm.lm import config as C
 from nclm.lm import layout
 from nclm.lm.model import CodecLM, init_lm
+from nclm.nn import attention as attention_module
 from nclm.nn.transformer import init_cache, unstack_layers
 
 CFG = C.tiny(num_codebooks=3, codebook_size=16, text_vocab_size=20)
@@ -37,23 +38,30 @@ def _text(lengths, width):
 # about +-4 that differ from float32's by 0.03. Cached == full to 0.0 on the CPU (its bf16 dots
 # accumulate each element in f32 alike for one token or the whole sequence); 0.03 (~8 bf16 steps
 # at 4) leaves room for GPU/TPU blocking, and a wrong cache row or position moves logits by O(1).
-CACHED_CASES = {  # shared, conv, KV heads, dtype, (atol, rtol)
-    "shared": (True, 0, 4, jnp.float32, (2e-5, 1e-5)),
-    "separate": (False, 0, 4, jnp.float32, (2e-5, 1e-5)),
-    "conformer": (True, 3, 4, jnp.float32, (2e-5, 1e-5)),
-    "bfloat16": (True, 0, 2, jnp.bfloat16, (0.03, 0.0)),
+CACHED_CASES = {  # shared, conv, KV heads, dtype, attention, (atol, rtol)
+    "shared": (True, 0, 4, jnp.float32, "auto", (2e-5, 1e-5)),
+    "separate": (False, 0, 4, jnp.float32, "auto", (2e-5, 1e-5)),
+    "conformer": (True, 3, 4, jnp.float32, "auto", (2e-5, 1e-5)),
+    "bfloat16": (True, 0, 2, jnp.bfloat16, "auto", (0.03, 0.0)),
+    "blockwise": (True, 0, 4, jnp.float32, "blockwise", (2e-5, 1e-5)),
 }
 
 
 @pytest.mark.parametrize("case", list(CACHED_CASES))
-def test_cached_decoding_equals_full_forward(case):
+def test_cached_decoding_equals_full_forward(case, monkeypatch):
     """Prefill + one cached step per token gives the logits of a full causal pass at every audio
     slot, for two rows with different text and prompt lengths (also with a shared Conformer
-    backbone, whose causal passes skip the conv; with 2 KV heads for 4 query heads; in bf16)."""
-    shared, conv, kv_heads, dtype, (atol, rtol) = CACHED_CASES[case]
-    cfg = dataclasses.replace(CFG, shared_backbone=shared, conv_kernel=conv, num_kv_heads=kv_heads)
+    backbone, whose causal passes skip the conv; with 2 KV heads for 4 query heads in bf16; and
+    with blockwise attention in blocks of 4, so that prefill, steps and full passes all cross
+    block boundaries)."""
+    shared, conv, kv_heads, dtype, attention, (atol, rtol) = CACHED_CASES[case]
+    monkeypatch.setattr(attention_module, "_BLOCK", 4)
+    cfg = dataclasses.replace(
+        CFG, shared_backbone=shared, conv_kernel=conv, num_kv_heads=kv_heads, attention=attention
+    )
     params = _params(cfg)
     model = CodecLM(cfg, dtype)
+    apply = jax.jit(model.apply, static_argnames="method")  # one compile per shape
     text, text_len = _text([5, 3], 6)
     task = jnp.zeros((2,), jnp.int32)
     prompt_len = jnp.asarray([2, 4], jnp.int32)
@@ -71,7 +79,7 @@ def test_cached_decoding_equals_full_forward(case):
         audio[:, : 1 + num_prompt],
         cfg.pad_id,
     )
-    h, cache = model.apply(
+    h, cache = apply(
         v,
         text,
         text_len,
@@ -82,22 +90,18 @@ def test_cached_decoding_equals_full_forward(case):
         jnp.zeros(2, jnp.int32),
         method=CodecLM.ar_hidden,
     )
-    cached = [model.apply(v, h[:, num_text:], method=CodecLM.ar_project)]
-    rows = np.arange(size)[None]
+    cached = [apply(v, h[:, num_text:], method=CodecLM.ar_project)]
     for k in range(steps):
         # feed each row's next code (audio slot prompt_len + 1 + k) at its own buffer row
         slot = np.asarray(prompt_len) + 1 + k
         tok = jnp.asarray(audio[np.arange(2), slot])
         write = jnp.asarray(num_text + slot, jnp.int32)
-        key_mask = (rows < np.asarray(text_len)[:, None]) | (
-            (rows >= num_text) & (rows <= np.asarray(write)[:, None])
-        )
-        logits, cache = model.apply(
+        logits, cache = apply(
             v,
             tok,
             text_len + jnp.asarray(slot),
             write,
-            jnp.asarray(key_mask),
+            layout.cache_step_mask(text_len, num_text, write),
             cache,
             method=CodecLM.ar_step,
         )
@@ -105,7 +109,7 @@ def test_cached_decoding_equals_full_forward(case):
 
     for b in range(2):  # the full pass over each row's own real sequence
         n_audio = int(prompt_len[b]) + 1 + steps
-        full = model.apply(
+        full = apply(
             v,
             text[b : b + 1],
             text_len[b : b + 1],
