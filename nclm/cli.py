@@ -5,7 +5,7 @@
     nclm tokens extract ...                                 (nclm/data/tokens_cli.py)
     nclm train --config FILE.py[:ARG] --workdir DIR [--config.key=value ...]
     nclm tts --lm DIR --codec DIR --text ... --prompt WAV ...  (nclm/lm/cli.py)
-    nclm bench codec|codec-train|lm-train|lm-decode|masked ...   (nclm/bench/)
+    nclm bench codec|codec-train|lm-train|lm-decode|compile|masked ...   (nclm/bench/)
 
 Each command group is a function that registers its subcommands (`_COMMAND_GROUPS`); each
 subcommand sets the defaults `func(args, overrides)` and `command_parser` (for usage errors), and
@@ -177,6 +177,12 @@ def _bench_commands(groups: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lm-decode", help="codec LM decoding speed: AR steps/s, NAR passes/s")
     lm_decode_bench.add_arguments(p)
     p.set_defaults(func=lambda args, _: lm_decode_bench.run(args), command_parser=p)
+
+    from nclm.bench import compile as compile_bench
+
+    p = sub.add_parser("compile", help="compile time and HLO size of the LM decoding programs")
+    compile_bench.add_arguments(p)
+    p.set_defaults(func=lambda args, _: compile_bench.run(args), command_parser=p)
 
     from nclm.bench import masked as masked_bench
 
