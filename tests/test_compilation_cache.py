@@ -1,0 +1,32 @@
+"""The CLI's persistent compilation cache: a second run of the same command loads every program
+from the cache instead of compiling (counted from jax's cache events by --cache-stats), and
+--jax-cache off compiles again."""
+
+import os
+import re
+import subprocess
+import sys
+
+COMMAND = "bench lm-decode --preset tiny --batch 1 --context 4 --steps 2 --repeats 1".split()
+
+
+def _run(cache: str) -> tuple[int, int]:
+    env = dict(os.environ, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # conftest's: the flag must decide
+    out = subprocess.run(
+        [sys.executable, "-m", "nclm.cli", "--jax-cache", cache, "--cache-stats", *COMMAND],
+        env=env, capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    line = re.search(r"compilation cache (\S+): (\d+) programs loaded, (\d+) compiled", out.stderr)
+    assert line, out.stderr[-2000:]
+    assert line.group(1) == ("None" if cache == "off" else cache)
+    return int(line.group(2)), int(line.group(3))
+
+
+def test_second_run_loads_every_program_from_the_cache(tmp_path):
+    cache = str(tmp_path / "jax")
+    loaded, compiled = _run(cache)  # loaded: a program asked for twice in the process
+    assert compiled >= 3  # init, AR, NAR at least
+    assert os.listdir(cache)
+    assert _run(cache) == (loaded + compiled, 0)
+    assert _run("off") == (0, 0)  # off: jax does not even ask the cache
