@@ -51,8 +51,8 @@ def test_compiled_ar_loop_does_not_copy_the_cache():
     size = num_text + 1 + num_prompt + max_new
     head_dim = CFG.width // CFG.num_heads
     shape = f"f32[{CFG.num_layers},{b},{size},{CFG.num_kv_heads},{head_dim}]"
-    assert f"{shape}{{4,3,2,1,0}} scatter(" in hlo  # new rows are scattered into the stack
     copies = cache_copies(hlo, shape)
     inside_loops = {name: n for name, n in copies.items() if not name.startswith("ENTRY")}
     assert inside_loops == {}, f"the cache is copied inside {inside_loops}"
     assert sum(copies.values()) <= 1  # at most the zeros the call starts from
+    assert f"{shape}{{4,3,2,1,0}} scatter(" in hlo  # new rows are scattered into the stack
