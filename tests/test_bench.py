@@ -137,3 +137,25 @@ def test_bench_lm_train_counts_model_flops(tmp_path):
     assert one == pytest.approx(
         3 * (2 * t * (4 * d * d + 2 * d * f) + 4 * 2 * 24**2 * d + 2 * t * d)
     )
+
+
+def test_bench_lm_decode_vs_transformers_tiny(capsys):
+    """AR against a matched transformers Llama: both timed, the ratio and the weight-read floor."""
+    from nclm.bench import lm_decode
+    from nclm.lm import config as C
+
+    parser = argparse.ArgumentParser()
+    lm_decode.add_arguments(parser)
+    args = parser.parse_args(
+        "--preset tiny --batch 1 --context 8 --steps 3 --repeats 1 --vs transformers".split()
+    )
+    result = lm_decode.run(args)
+    (row,) = result["results"]
+    assert row["ratio"] == pytest.approx(row["nclm_steps_per_s"] / row["transformers_steps_per_s"])
+    assert result["read_bandwidth_gb_s"] > 0 and row["floor_steps_per_s"] > 0
+    # matched sizes: the Llama's layers hold as many weights as our backbone's matmuls
+    cfg = C.tiny()
+    d, f = cfg.width, cfg.ffn
+    ours = cfg.num_layers * (4 * d * d + 2 * d * f) + d * (cfg.codebook_size + 1)
+    assert abs(row["llama_step_params"] - ours) / ours < 0.02
+    assert "ratio" in capsys.readouterr().out
