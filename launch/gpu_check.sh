@@ -43,7 +43,7 @@ codec, train, decode, masked = (load(f"{n}.json") for n in ("codec", "lm_train",
 rows = []
 for r in codec["results"]:
     goal = 3000 if r["batch"] > 1 else 100
-    rows.append((f"codec {r['op']} batch {r['batch']}", f"{r['nclm_xrt']:,.0f}x real time", f">= {goal:,}x"))
+    rows.append((f"codec {r['op']} batch {r['batch']}", f"{r['nclm_xrt']:,.1f}x real time", f">= {goal:,}x"))
 rows.append(("LM training MFU", f"{train['mfu']:.1%}", ">= 45%"))
 for r in decode["results"]:
     goal = 2000 if r["batch"] == 1 else 700
