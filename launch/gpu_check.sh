@@ -21,7 +21,7 @@ start=$SECONDS
 if [[ $DRY == 1 ]]; then
   export JAX_PLATFORMS=cpu
   CODEC=(--model dac_16khz --seconds 0.25 --batch 1 --repeats 1)
-  TRAIN=(--config configs/lm/valle.py:smoke --batch 2 --text 8 --frames 16 --steps 1)
+  TRAIN=(--config configs/lm/valle.py:smoke --batch 8 --text 8 --frames 16 --steps 1)
   DECODE=(--preset tiny --batch 1 --context 16 --steps 4 --repeats 1)
   MASKED=(--preset tiny --levels 2 --seconds 0.2 --prompt-seconds 0.1 --iterations 2,1 --repeats 1)
 else

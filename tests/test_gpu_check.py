@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_gpu_check_dry_run_writes_the_table(tmp_path):
     env = dict(os.environ, OUT=str(tmp_path))
+    env.pop("XLA_FLAGS", None)  # one CPU device, as the script runs outside the test suite
     run = subprocess.run(
         ["bash", str(ROOT / "launch" / "gpu_check.sh"), "--dry-run"],
         env=env, cwd=ROOT, timeout=600, capture_output=True, text=True,
