@@ -5,7 +5,7 @@
     nclm tokens extract ...                                 (nclm/data/tokens_cli.py)
     nclm train --config FILE.py[:ARG] --workdir DIR [--config.key=value ...]
     nclm tts --lm DIR --codec DIR --text ... --prompt WAV ...  (nclm/tasks/cli.py)
-    nclm bench codec|codec-train|lm-train|lm-decode|masked ...   (nclm/bench/)
+    nclm bench codec|codec-train|lm-train|lm-decode|compile|masked ...   (nclm/bench/)
     nclm eval score ROWS.jsonl --out DIR | valle-list ...         (nclm/eval/cli.py)
 
 Each command group is a function that registers its subcommands (`_COMMAND_GROUPS`); each
@@ -32,20 +32,59 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _enable_compilation_cache() -> None:
-    """Compiled programs (model init, each encode/decode length bucket, train steps) are cached
-    on disk across invocations; NCLM_JAX_CACHE or JAX_COMPILATION_CACHE_DIR moves it, and
-    NCLM_JAX_CACHE=off disables it. Set before jax is imported, which reads it at import."""
-    cache = os.environ.get("NCLM_JAX_CACHE", os.path.expanduser("~/.cache/nclm/jax"))
-    if cache != "off":
-        os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
-        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+def _enable_compilation_cache(setting: str | None) -> str | None:
+    """Compiled programs (model init, each encode/decode length bucket, train steps, decoding
+    loops) are cached on disk across invocations, per user in ~/.cache/nclm/jax: a second
+    `nclm tts` or a resumed run loads them instead of compiling. `--jax-cache DIR` or
+    NCLM_JAX_CACHE=DIR (or JAX_COMPILATION_CACHE_DIR) moves it; `off` disables it. Returns the
+    directory in use (None when off)."""
+    cache = setting or os.environ.get("NCLM_JAX_CACHE") or "~/.cache/nclm/jax"
+    if cache == "off":
+        os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
+        if "jax" in sys.modules:
+            import jax
+
+            jax.config.update("jax_enable_compilation_cache", False)
+        return None
+    cache = os.path.expanduser(cache)
+    if setting is None:  # an explicit JAX_COMPILATION_CACHE_DIR wins over the default
+        cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", cache)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+    if "jax" in sys.modules:  # jax reads the variables at import: already imported, tell it
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", cache)
+    return cache
+
+
+class _CacheStats:
+    """Counts jax's compilation cache events: programs loaded from the cache vs compiled."""
+
+    def __init__(self):
+        import jax
+
+        self.requests = self.hits = 0
+        jax.monitoring.register_event_listener(self._event)
+
+    def _event(self, event: str, **_) -> None:
+        if event == "/jax/compilation_cache/compile_requests_use_cache":
+            self.requests += 1
+        elif event == "/jax/compilation_cache/cache_hits":
+            self.hits += 1
+
+    def report(self, cache: str | None) -> str:
+        return (
+            f"nclm: compilation cache {cache}: {self.hits} programs loaded, "
+            f"{self.requests - self.hits} compiled"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    _enable_compilation_cache()
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
+    cache = _enable_compilation_cache(args.jax_cache)
+    stats = _CacheStats() if args.cache_stats else None
     command = getattr(args, "command_parser", parser)
     overrides = [a for a in unknown if a.startswith("--config.")]
     rest = [a for a in unknown if not a.startswith("--config.")]
@@ -65,10 +104,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         message = " ".join(str(e).split()) or type(e).__name__
         print(f"nclm: error: {message}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        if stats is not None:
+            print(stats.report(cache), file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nclm", description="Neural codec language models in JAX/Flax.")
+    parser.add_argument(
+        "--jax-cache",
+        metavar="DIR|off",
+        help="persistent compilation cache (default $NCLM_JAX_CACHE or ~/.cache/nclm/jax)",
+    )
+    parser.add_argument(
+        "--cache-stats",
+        action="store_true",
+        help="print how many programs came from the compilation cache and how many compiled",
+    )
     groups = parser.add_subparsers(title="commands", metavar="COMMAND")
     for register in _command_groups():
         register(groups)
@@ -149,6 +201,7 @@ _BENCHES = (
     ("codec-train", "codec_train", "codec GAN training step time and audio seconds/s", True),
     ("lm-train", "lm_train", "codec LM training step: tokens/s, model FLOPs, MFU", True),
     ("lm-decode", "lm_decode", "codec LM decoding speed: AR steps/s, NAR passes/s", False),
+    ("compile", "compile", "compile time and HLO size of the LM decoding programs", False),
     ("masked", "masked", "masked (SoundStorm) TTS speed, codec included: RTF", False),
 )
 

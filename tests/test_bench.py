@@ -161,3 +161,25 @@ def test_pass_flops_hand_count():
         if path[-1].key == "kernel" and any(getattr(k, "key", None) == "layers" for k in path)
     ]
     assert sum(kernels) == lm.num_layers * 45056, kernels
+
+
+def test_bench_lm_decode_vs_transformers_tiny(capsys):
+    """AR against a matched transformers Llama: both timed, the ratio and the weight-read floor."""
+    from nclm.bench import lm_decode
+    from nclm.lm import config as C
+
+    parser = argparse.ArgumentParser()
+    lm_decode.add_arguments(parser)
+    args = parser.parse_args(
+        "--preset tiny --batch 1 --context 8 --steps 3 --repeats 1 --vs transformers".split()
+    )
+    result = lm_decode.run(args)
+    (row,) = result["results"]
+    assert row["ratio"] == pytest.approx(row["nclm_steps_per_s"] / row["transformers_steps_per_s"])
+    assert result["read_bandwidth_gb_s"] > 0 and row["floor_steps_per_s"] > 0
+    # matched sizes: the Llama's layers hold as many weights as our backbone's matmuls
+    cfg = C.tiny()
+    d, f = cfg.width, cfg.ffn
+    ours = cfg.num_layers * (4 * d * d + 2 * d * f) + d * (cfg.codebook_size + 1)
+    assert abs(row["llama_step_params"] - ours) / ours < 0.02
+    assert "ratio" in capsys.readouterr().out

@@ -16,11 +16,18 @@ bidirectional passes per call over context + steps slots; passes/s and frames/s 
 (Q - 1) / call time).
 
 Each program is compiled ahead of time (`.lower().compile()`, timed separately), run once to warm
-up, then timed --repeats times to `block_until_ready`; figures are medians. Parameters stay
-float32 (as `nclm tts` keeps them); --dtype is the compute dtype. --attention runs the settings
+up, then timed --repeats times to `block_until_ready`; figures are medians. Parameters are
+float32 (as `nclm tts` keeps them) unless --weights bfloat16; --dtype is the compute dtype.
+--attention runs the settings
 once per attention implementation (nclm.nn.attention), in the same process. Memory: each
 program's temporary buffers as XLA plans them (`memory_analysis()`, without running it; the
 attention scores live there), and the process's peak resident memory at the end.
+
+--vs transformers: AR only, against a transformers Llama matched in width, depth, heads and
+weights per layer (nclm/bench/vs_transformers.py), prefill over the same context + the same
+--steps greedy cached steps, both timed in alternation in this process; the ratio is nclm's
+steps/s over theirs, printed next to the weight-read floor (memory read bandwidth / bytes a step
+reads: the backbone and AR head weights plus the KV cache at the middle of the run).
 """
 
 from __future__ import annotations
@@ -57,6 +64,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compile-only", action="store_true", help="compile and report memory, do not run"
     )
+    parser.add_argument(
+        "--weights",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="parameter dtype (bfloat16 halves the bytes a step reads; float32)",
+    )
+    parser.add_argument(
+        "--vs",
+        choices=["transformers"],
+        help="AR only, against a matched transformers Llama (torch) in this process, alternating",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="OUT", help="also write the results to this JSON file")
 
@@ -67,6 +85,8 @@ def _command(args: argparse.Namespace) -> str:
         f"--context {args.context} --steps {args.steps} --repeats {args.repeats} "
         f"--dtype {args.dtype} --attention {' '.join(args.attention)}"
         + (" --compile-only" if args.compile_only else "")
+        + (f" --weights {args.weights}" if args.weights != "float32" else "")
+        + (f" --vs {args.vs}" if args.vs else "")
     )
 
 
@@ -100,13 +120,8 @@ def _setting(cfg, params, batch: int, args: argparse.Namespace, dtype) -> dict:
     from nclm.decode.nar import nar_generate
 
     rng = np.random.default_rng(args.seed + batch)
-    num_text = max(1, args.context // 4)
-    num_prompt = max(1, args.context - num_text)
-    text = jnp.asarray(rng.integers(3, cfg.text_vocab_size, (batch, num_text)), jnp.int32)
-    prompt = rng.integers(0, cfg.codebook_size, (batch, cfg.num_codebooks, num_prompt))
-    prompt = jnp.asarray(prompt, jnp.int32)
-    text_len = jnp.full((batch,), num_text, jnp.int32)
-    prompt_len = jnp.full((batch,), num_prompt, jnp.int32)
+    text, text_len, prompt, prompt_len = _inputs(cfg, batch, args)
+    num_text, num_prompt = text.shape[1], prompt.shape[2]
     key = jax.random.PRNGKey(args.seed)
     static = {"cfg": cfg, "dtype": dtype}
     row = {"batch": batch, "text": num_text, "prompt": num_prompt, "steps": args.steps}
@@ -136,6 +151,88 @@ def _setting(cfg, params, batch: int, args: argparse.Namespace, dtype) -> dict:
             row["nar_passes_per_s"] = passes / row["nar_call_s"]
             row["nar_frames_per_s"] = batch * args.steps * passes / row["nar_call_s"]
     return row
+
+
+def _inputs(cfg, batch: int, args: argparse.Namespace):
+    """Random text and prompts: (text, text_len, prompt[B, Q, P], prompt_len)."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    rng = np.random.default_rng(args.seed + batch)
+    num_text = max(1, args.context // 4)
+    num_prompt = max(1, args.context - num_text)
+    text = jnp.asarray(rng.integers(3, cfg.text_vocab_size, (batch, num_text)), jnp.int32)
+    prompt = rng.integers(0, cfg.codebook_size, (batch, cfg.num_codebooks, num_prompt))
+    return (
+        text,
+        jnp.full((batch,), num_text, jnp.int32),
+        jnp.asarray(prompt, jnp.int32),
+        jnp.full((batch,), num_prompt, jnp.int32),
+    )
+
+
+def _versus(cfg, params, batch: int, args: argparse.Namespace, dtype, bandwidth: float) -> dict:
+    """AR prefill + --steps at one batch size, nclm and a matched transformers Llama timed in
+    alternation (nclm.bench.vs_transformers), with the weight-read floor."""
+    import jax
+    import torch
+
+    from nclm.bench import vs_transformers as ref
+    from nclm.decode.ar import ar_generate
+
+    text, text_len, prompt, prompt_len = _inputs(cfg, batch, args)
+    key = jax.random.PRNGKey(args.seed)
+    ar_args = (params, text, text_len, prompt[:, 0], prompt_len, key)
+    ar_kwargs = {"min_new": jax.numpy.int32(args.steps)}
+    static = {"cfg": cfg, "dtype": dtype, "max_new": args.steps}
+    compiled, compile_s, _ = _compile(ar_generate, ar_args, ar_kwargs, static)
+    length = text.shape[1] + 1 + prompt.shape[2]
+    llama = ref.llama_like(cfg, length + args.steps + 1, args.weights)
+    ids = torch.randint(0, cfg.codebook_size, (batch, length), generator=torch.Generator())
+    jax.block_until_ready(compiled(*ar_args, **ar_kwargs))  # warm-up both
+    ref.llama_decode(llama, ids, args.steps)
+    ours, theirs = [], []
+    for _ in range(args.repeats):
+        ours += _timed_once(lambda: compiled(*ar_args, **ar_kwargs))
+        theirs += _timed_once(lambda: ref.llama_decode(llama, ids, args.steps))
+    stack = params["backbone" if cfg.shared_backbone else "ar_backbone"]
+    weights = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(stack))
+    weights += params["ar_head"].size * params["ar_head"].dtype.itemsize
+    head_dim = cfg.width // cfg.num_heads
+    kv = 2 * cfg.num_layers * batch * (length + args.steps / 2) * cfg.num_kv_heads * head_dim
+    step_bytes = weights + kv * jax.numpy.dtype(dtype).itemsize
+    row = {"batch": batch, "context": length, "steps": args.steps, "ar_compile_s": compile_s}
+    row["nclm_steps_per_s"] = args.steps / statistics.median(ours)
+    row["transformers_steps_per_s"] = args.steps / statistics.median(theirs)
+    row["ratio"] = row["nclm_steps_per_s"] / row["transformers_steps_per_s"]
+    row["bytes_per_step"] = step_bytes
+    row["floor_steps_per_s"] = bandwidth / step_bytes
+    row["llama_params"] = sum(p.numel() for p in llama.parameters())
+    row["llama_step_params"] = ref.backbone_params(llama)
+    return row
+
+
+def _timed_once(call: Callable) -> list[float]:
+    import jax
+
+    start = time.perf_counter()
+    jax.block_until_ready(call())
+    return [time.perf_counter() - start]
+
+
+def _versus_table(rows: list[dict]) -> str:
+    out = [
+        f"{'batch':>5} {'context':>7} {'steps':>5} | {'nclm steps/s':>12} "
+        f"{'transformers':>12} {'ratio':>6} | {'floor steps/s':>13} {'MB/step':>8}"
+    ]
+    for r in rows:
+        out.append(
+            f"{r['batch']:>5} {r['context']:>7} {r['steps']:>5} | "
+            f"{r['nclm_steps_per_s']:>12.2f} {r['transformers_steps_per_s']:>12.2f} "
+            f"{r['ratio']:>6.2f} | {r['floor_steps_per_s']:>13.1f} "
+            f"{r['bytes_per_step'] / 1e6:>8.1f}"
+        )
+    return "\n".join(out)
 
 
 def _fmt(r: dict, key: str, spec: str) -> str:
@@ -191,6 +288,7 @@ def run(args: argparse.Namespace) -> dict:
 
     cfg = PRESETS[args.preset]()
     params = nn.meta.unbox(init_lm(cfg, jax.random.PRNGKey(args.seed)))["params"]
+    params = jax.tree_util.tree_map(lambda x: x.astype(args.weights), params)
     num_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
     dtype = jnp.dtype(args.dtype)
     devices = jax.devices()
@@ -201,6 +299,7 @@ def run(args: argparse.Namespace) -> dict:
         "num_params": num_params,
         "num_codebooks": cfg.num_codebooks,
         "dtype": args.dtype,
+        "weights": args.weights,
         "devices": f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform})",
         "jax": jax.__version__,
         "python": platform.python_version(),
@@ -213,13 +312,24 @@ def run(args: argparse.Namespace) -> dict:
         f"on {result['devices']}, jax {result['jax']}; median of {args.repeats}",
         flush=True,
     )
+    if args.vs:
+        from nclm.bench.vs_transformers import read_bandwidth
+
+        result["read_bandwidth_gb_s"] = read_bandwidth() / 1e9
+        print(
+            f"memory read bandwidth (NumPy sum, 200 MB): {result['read_bandwidth_gb_s']:.1f} GB/s"
+        )
     for batch in sorted(set(args.batch)):
+        if args.vs:  # AR against transformers, with the default attention
+            bandwidth = result["read_bandwidth_gb_s"] * 1e9
+            result["results"].append(_versus(cfg, params, batch, args, dtype, bandwidth))
+            continue
         for attention in args.attention:
             cfg_attention = dataclasses.replace(cfg, attention=attention)
             result["results"].append(_setting(cfg_attention, params, batch, args, dtype))
     # Linux reports kilobytes
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(_table(result["results"]))
+    print((_versus_table if args.vs else _table)(result["results"]))
     print(f"peak resident memory of this process: {result['peak_rss_mb']:.0f} MB")
     print(json.dumps(result))
     if args.json:

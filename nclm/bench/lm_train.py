@@ -12,6 +12,11 @@ forward, attention scores and values at 4 B S^2 N H per layer, halved for the ca
 over the passes of a step: AR over [text | BOS + frames], NAR and (when trained) masked over
 [text | frames].
 MFU = model FLOPs / step time / `--peak-tflops` (H200 bf16 dense: 989).
+
+--vs transformers: a transformers Llama matched in width, depth, heads and weights per layer
+(nclm/bench/vs_transformers.py) trains on the same batch x length tokens, as many rows per step
+as our step runs passes (AR, NAR, masked), with AdamW; its steps alternate with ours and both
+report tokens/s (the same tokens counted once per step) and the ratio.
 """
 
 from __future__ import annotations
@@ -32,6 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps after compiling (10)")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="device peak, for MFU")
     parser.add_argument("--json", metavar="OUT", help="also write the result as JSON")
+    parser.add_argument(
+        "--vs",
+        choices=["transformers"],
+        help="also time a matched transformers Llama (torch) step, alternating with ours",
+    )
 
 
 def pass_flops(cfg, batch: int, length: int, vocab_out: int, causal: bool) -> float:
@@ -75,6 +85,14 @@ def run(args: argparse.Namespace, overrides: list[str] = ()) -> dict:
     start = time.perf_counter()
     compiled = trainer.step.lower(state, batch, key).compile()
     compile_seconds = time.perf_counter() - start
+    passes = 1 + (lm.num_codebooks > 1 and cfg.objective.nar_weight > 0)
+    passes += cfg.objective.get("masked_weight", 0.0) > 0
+    theirs, reference = [], None
+    if args.vs:  # the same tokens through as many causal passes (rows) as our step runs
+        from nclm.bench.vs_transformers import llama_like, llama_train_step
+
+        reference = llama_train_step(llama_like(lm, lt + t), b * passes, lt + t)
+        reference()  # warm-up
     state, metrics = compiled(state, batch, key)
     jax.block_until_ready(metrics)
     times = []
@@ -83,6 +101,10 @@ def run(args: argparse.Namespace, overrides: list[str] = ()) -> dict:
         state, metrics = compiled(state, batch, key)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
+        if reference is not None:
+            start = time.perf_counter()
+            reference()
+            theirs.append(time.perf_counter() - start)
     step = statistics.median(times)
     flops = pass_flops(lm, b, lt + t, lm.codebook_size + 1, causal=True)
     if lm.num_codebooks > 1 and cfg.objective.nar_weight > 0:
@@ -108,6 +130,11 @@ def run(args: argparse.Namespace, overrides: list[str] = ()) -> dict:
         "model_tflops_per_second": flops / step / 1e12,
         "mfu": flops / step / (args.peak_tflops * 1e12) if args.peak_tflops else None,
     }
+    if args.vs:
+        result["command"] += " --vs transformers"
+        result["passes"] = int(passes)
+        result["transformers_tokens_per_second"] = b * (lt + t) / statistics.median(theirs)
+        result["ratio"] = result["tokens_per_second"] / result["transformers_tokens_per_second"]
     mfu = f", MFU {result['mfu']:.1%}" if result["mfu"] is not None else ""
     print(
         f"{result['command']}\n{result['model']} on {result['devices']} (jax {result['jax']})\n"
@@ -115,6 +142,12 @@ def run(args: argparse.Namespace, overrides: list[str] = ()) -> dict:
         f"{result['tokens_per_second']:.0f} tokens/s; "
         f"{result['model_tflops_per_second']:.3f} model TFLOP/s{mfu}"
     )
+    if args.vs:
+        print(
+            f"transformers Llama, {passes} causal passes of the same tokens (AdamW): "
+            f"{result['transformers_tokens_per_second']:.0f} tokens/s; "
+            f"nclm / transformers = {result['ratio']:.2f}"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

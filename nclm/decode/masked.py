@@ -3,8 +3,9 @@
 Each row's frames are packed as [prompt (P_b frames, all levels) | generated (G_b = gen_len[b])]
 in a buffer of P + G frames (G = `num_frames`, the static generated-frame bucket). Levels
 1..start_level-1 of the generated frames come from `given` (e.g. AR level-1 codes); every other
-generated entry starts as MASK. Levels q = start_level..Q are filled coarse to fine (a static
-Python loop); level q runs n = iterations[q-1] iterations in one `lax.scan`. Generated frames are
+generated entry starts as MASK. Levels q = start_level..Q are filled coarse to fine; level q runs
+n = iterations[q-1] iterations, and one `lax.scan` runs every (level, iteration) pair in order
+with the level as a traced value (one compiled body whatever Q). Generated frames are
 grouped in spans of `span` frames on a grid starting at the first generated frame (span 1: single
 frames); N0 = ceil(G_b / span) spans, all masked at the start of the level. Iteration i = 0..n-1:
 
@@ -184,9 +185,36 @@ def _guided_logits(model, params, ctx, frames, level, lam, guided: bool) -> jax.
     return (1 + lam) * cond - lam * uncond  # exact at w = 0 and w = -1
 
 
-def _decode_level(model, params, ctx, base, gen, passes, level: int, n: int, key, schedule):
-    """Fill level `level` of gen[B, Q, G] in n iterations (module docstring).
-    Returns (gen, passes, int32[n, B] spans still masked after each iteration)."""
+def _schedule_tables(schedule: MaskedSchedule, steps: tuple[int, ...], start_level: int) -> dict:
+    """Per-iteration scalars of every (level, iteration) pair, levels start_level..Q in order:
+    level, iteration i, first (i == 0), guidance w_i, sampling τ_i, choice noise τ0 (1 - (i+1)/n)
+    and the cosine ratio of spans left masked after i (module docstring). One `lax.scan` runs
+    them all with a single compiled body."""
+    cols = {k: [] for k in ("level", "it", "first", "lam", "temp", "noise", "ratio")}
+    for level in range(start_level, len(steps) + 1):
+        n = steps[level - 1]
+        done = np.arange(1, n + 1) / n
+        ratio = np.cos(np.pi / 2 * done)
+        ratio[-1] = 0.0  # cos(π/2) is 6e-17, not 0
+        cols["level"].append(np.full(n, level))
+        cols["it"].append(np.arange(n))
+        cols["first"].append(np.arange(n) == 0)
+        cols["lam"].append(schedule.guidance_scales(n))
+        cols["temp"].append(schedule.sample_temperature * (1 - done))  # (n-1-i)/n
+        cols["noise"].append(schedule.temperature * (1 - done))
+        cols["ratio"].append(ratio)
+    dtypes = {"level": np.int32, "it": np.int32, "first": bool}
+    return {
+        k: jnp.asarray(np.concatenate(v) if v else np.zeros(0), dtypes.get(k, np.float32))
+        for k, v in cols.items()
+    }
+
+
+def _decode_levels(model, params, ctx, base, gen, key, schedule, tables):
+    """Fill levels start_level..Q of gen[B, Q, G] (module docstring): one `lax.scan` over every
+    (level, iteration) pair of `tables`, the level a traced value, so the model is compiled
+    once whatever Q. Returns (gen, passes, int32[K, B] spans still masked after each of the K
+    iterations)."""
     _, _, prompt_len, gen_len, _, _ = ctx
     batch, _, num_gen = gen.shape
     span, vocab = schedule.span, model.cfg.codebook_size
@@ -195,36 +223,37 @@ def _decode_level(model, params, ctx, base, gen, passes, level: int, n: int, key
     real = jnp.arange(num_gen)[None] < gen_len[:, None]  # [B, G]
     span_real = jnp.arange(num_spans)[None] * span < gen_len[:, None]  # [B, S]
     num_real = span_real.sum(-1)
-    lams = jnp.asarray(schedule.guidance_scales(n))
-    done = np.arange(1, n + 1) / n
-    temps = jnp.asarray(schedule.sample_temperature * (1 - done), jnp.float32)  # (n-1-i)/n
-    noise = jnp.asarray(schedule.temperature * (1 - done), jnp.float32)
-    key = jax.random.fold_in(key, level)
     guided = schedule.guidance != "none"
 
-    def body(carry, i):
+    def body(carry, t):
         gen, masked, passes = carry
+        level = t["level"]
+        masked = jnp.where(t["first"], span_real, masked)  # a new level: every span masked
         frames = _place(base, gen, prompt_len)
-        logits = _guided_logits(model, params, ctx, frames, level, lams[i], guided)
+        logits = _guided_logits(model, params, ctx, frames, level, t["lam"], guided)
         logits = jax.vmap(lambda x, s: jax.lax.dynamic_slice_in_dim(x, s, num_gen))(
             logits, prompt_len
         )  # [B, G, V]: the generated frames
-        k_tok, k_noise = jax.random.split(jax.random.fold_in(key, i))
+        keys = jax.random.fold_in(jax.random.fold_in(key, level), t["it"])
+        k_tok, k_noise = jax.random.split(keys)
         flat = logits.reshape(-1, vocab)
-        tok = sample(k_tok, flat, temps[i], schedule.top_k, schedule.top_p).reshape(batch, -1)
+        tok = sample(k_tok, flat, t["temp"], schedule.top_k, schedule.top_p).reshape(batch, -1)
         logp = jnp.take_along_axis(jax.nn.log_softmax(logits), tok[..., None], -1)[..., 0]
         open_ = masked[:, grid] & real  # [B, G]
-        row = jnp.where(open_, tok, gen[:, level - 1])
+        current = jax.lax.dynamic_index_in_dim(gen, level - 1, axis=1, keepdims=False)
+        row = jnp.where(open_, tok, current)
         conf = jnp.where(open_, logp, -jnp.inf)  # a span scores its most confident frame
         conf = jnp.pad(conf, ((0, 0), (0, num_spans * span - num_gen)), constant_values=-jnp.inf)
         conf = conf.reshape(batch, num_spans, span).max(-1)
-        score = conf + noise[i] * jax.random.gumbel(k_noise, conf.shape)
-        masked = remask(score, masked, num_masked(num_real, i, n))
+        score = conf + t["noise"] * jax.random.gumbel(k_noise, conf.shape)
+        count = jnp.floor(num_real.astype(jnp.float32) * t["ratio"]).astype(jnp.int32)
+        masked = remask(score, masked, count)
         row = jnp.where(masked[:, grid], model.cfg.mask_id, row)
-        gen = gen.at[:, level - 1].set(jnp.where(real, row, 0))
+        gen = jax.lax.dynamic_update_index_in_dim(gen, jnp.where(real, row, 0), level - 1, 1)
         return (gen, masked, passes + 1), masked.sum(-1).astype(jnp.int32)
 
-    (gen, _, passes), counts = jax.lax.scan(body, (gen, span_real, passes), jnp.arange(n))
+    carry = (gen, span_real, jnp.int32(0))
+    (gen, _, passes), counts = jax.lax.scan(body, carry, tables)
     return gen, passes, counts
 
 
@@ -279,13 +308,11 @@ def _decode(
         packed = packed.at[:, 0, :num_prompt].set(prompt_sem.astype(jnp.int32))
         semantic = _place(packed, gen_sem[:, None].astype(jnp.int32), prompt_len)[:, 0]
     ctx = (text, text_len, prompt_len, gen_len, task, semantic)
-    passes, counts = jnp.int32(0), []
-    for level in range(start_level, num_q + 1):
-        gen, passes, c = _decode_level(
-            model, params, ctx, base, gen, passes, level, steps[level - 1], key, schedule
-        )
-        counts.append(c)
-    return gen, _place(base, gen, prompt_len), passes, tuple(counts)
+    tables = _schedule_tables(schedule, steps, start_level)
+    gen, passes, flat = _decode_levels(model, params, ctx, base, gen, key, schedule, tables)
+    ends = np.cumsum(steps[start_level - 1 :])
+    counts = tuple(flat[end - n : end] for n, end in zip(steps[start_level - 1 :], ends))
+    return gen, _place(base, gen, prompt_len), passes, counts
 
 
 @partial(jax.jit, static_argnames=("cfg", "num_frames", "schedule", "start_level", "dtype"))

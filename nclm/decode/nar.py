@@ -3,7 +3,8 @@
 The audio frames of each row are packed as [prompt (P_b frames, all levels) | generated
 (G_b frames, level 1 known)]; the pass for level j embeds every level of the prompt frames and
 levels < j of the generated ones (the NAR training layout), and fills level j of the generated
-frames. The Python loop over levels is static (Q - 1 passes in one compiled program).
+frames. A `lax.fori_loop` runs the Q - 1 passes with the level as a traced value: one compiled
+body whatever Q.
 """
 
 from __future__ import annotations
@@ -53,10 +54,11 @@ def nar_generate(
     frames = jnp.zeros((batch, num_q, num_prompt + num_gen), jnp.int32)
     frames = _place(_place(frames, prompt, jnp.zeros_like(prompt_len)), gen, prompt_len)
     total = prompt_len + gen_len
-    for level in range(2, num_q + 1):
-        visible = layout.nar_levels_visible(
-            prompt_len, total, jnp.int32(level), num_q, frames.shape[2]
-        )
+    t = jnp.arange(frames.shape[2])[None]
+    target = (t >= prompt_len[:, None]) & (t < total[:, None])
+
+    def one_level(level, frames):  # level: traced int32, one compiled body for levels 2..Q
+        visible = layout.nar_levels_visible(prompt_len, total, level, num_q, frames.shape[2])
         logits = model.apply(
             {"params": params},
             text,
@@ -64,7 +66,7 @@ def nar_generate(
             frames,
             total,
             visible,
-            jnp.int32(level),
+            level,
             task,
             method=CodecLM.nar_logits,
         )  # [B, F, V]
@@ -72,9 +74,11 @@ def nar_generate(
         k = jax.random.fold_in(key, level)
         picked = sample(k, flat, sampling.temperature, sampling.top_k, sampling.top_p)
         picked = picked.reshape(batch, -1).astype(jnp.int32)
-        t = jnp.arange(frames.shape[2])[None]
-        target = (t >= prompt_len[:, None]) & (t < total[:, None])
-        frames = frames.at[:, level - 1].set(jnp.where(target, picked, frames[:, level - 1]))
+        current = jax.lax.dynamic_index_in_dim(frames, level - 1, axis=1, keepdims=False)
+        row = jnp.where(target, picked, current)
+        return jax.lax.dynamic_update_index_in_dim(frames, row, level - 1, axis=1)
+
+    frames = jax.lax.fori_loop(2, num_q + 1, one_level, frames)
     out = jax.vmap(lambda f, s: jax.lax.dynamic_slice(f, (0, s), (num_q, num_gen)))(
         frames, prompt_len
     )

@@ -159,20 +159,51 @@ class Block(nn.Module):
 
 
 class _ScanBlock(nn.Module):
-    """Block in scan form: carry x, scanned cache, everything else broadcast."""
+    """Block in scan form: carry (x, stacked cache or None), the layer index scanned, everything
+    else broadcast. The cache rides in the carry, not as a scanned input and output: a scan
+    writes its outputs to a fresh buffer, so a scanned cache is copied whole on every decoding
+    step; carried, each layer writes only its new rows into the stacked buffer, in place."""
 
     cfg: StackConfig
     dtype: Any
     deterministic: bool
 
     @nn.compact
-    def __call__(self, x, cache, positions, mask, stage, valid, write_index):
+    def __call__(self, carry, layer, positions, mask, stage, valid, write_index):
+        x, cache = carry
         block = Block
         if self.cfg.remat != "none":
             block = nn.remat(block, policy=REMAT_POLICIES[self.cfg.remat], prevent_cse=False)
-        return block(self.cfg, self.dtype, self.deterministic, name="block")(
-            x, cache, positions, mask, stage, valid, write_index
+        layer_cache = None if cache is None else _layer(cache, layer)
+        x, layer_cache = block(self.cfg, self.dtype, self.deterministic, name="block")(
+            x, layer_cache, positions, mask, stage, valid, write_index
         )
+        if cache is not None:
+            cache = _write_layer_rows(cache, layer_cache, layer, write_index, x.shape[1])
+        return (x, cache), None
+
+
+def _layer(cache: LayerCache, layer: jax.Array) -> LayerCache:
+    """One layer's [B, L, K, H] view of a stacked cache."""
+    return jax.tree_util.tree_map(
+        lambda c: jax.lax.dynamic_index_in_dim(c, layer, keepdims=False), cache
+    )
+
+
+def _write_layer_rows(
+    cache: LayerCache, layer_cache: LayerCache, layer: jax.Array, index: jax.Array, num: int
+) -> LayerCache:
+    """The stacked cache with rows index[b] .. index[b] + num of layer_cache written at `layer`:
+    only the new rows move (one scatter into the stacked buffer, in place)."""
+
+    batch = index.shape[0]
+    b = jnp.arange(batch)[:, None]  # [B, 1]
+    rows = index[:, None] + jnp.arange(num)[None]  # [B, T]
+
+    def write(stack, new):  # stack [layers, B, L, K, H], new [B, L, K, H]
+        return stack.at[layer, b, rows].set(new[b, rows], unique_indices=True)
+
+    return LayerCache(write(cache.k, layer_cache.k), write(cache.v, layer_cache.v))
 
 
 class TransformerStack(nn.Module):
@@ -207,19 +238,15 @@ class TransformerStack(nn.Module):
                 length=cfg.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x, cache = scanned(cfg, self.dtype, self.deterministic, name="layers")(x, cache, *args)
+            layers = jnp.arange(cfg.num_layers, dtype=jnp.int32)
+            (x, cache), _ = scanned(cfg, self.dtype, self.deterministic, name="layers")(
+                (x, cache), layers, *args
+            )
         else:
-            new = []
             for i in range(cfg.num_layers):
-                layer_cache = (
-                    None if cache is None else jax.tree_util.tree_map(lambda c, i=i: c[i], cache)
+                (x, cache), _ = _ScanBlock(cfg, self.dtype, self.deterministic, name=f"layer_{i}")(
+                    (x, cache), jnp.int32(i), *args
                 )
-                x, layer_cache = _ScanBlock(cfg, self.dtype, self.deterministic, name=f"layer_{i}")(
-                    x, layer_cache, *args
-                )
-                new.append(layer_cache)
-            if cache is not None:
-                cache = jax.tree_util.tree_map(lambda *c: jnp.stack(c), *new)
         norm_stages = cfg.num_stages if cfg.num_stages > 1 else 0
         return layer_norm(x, stage, norm_stages, "final_norm").astype(self.dtype), cache
 

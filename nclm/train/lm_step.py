@@ -224,7 +224,8 @@ def make_lm_train_step(
 
 def make_lm_eval_step(cfg: LMConfig, objective: dict, dtype: Any = jnp.float32) -> Callable:
     """(params, batch) -> sums for validation: AR metrics and, for every level 2..Q, the NAR
-    metrics with a fixed prompt of `prompt_eval` of each utterance. Values are weighted by their
+    metrics with a fixed prompt of `prompt_eval` of each utterance (levels run in `lax.map` with
+    the level traced: one compiled pass, not one per level). Values are weighted by their
     token counts so batches combine exactly (divide by `<name>/tokens`)."""
     model = CodecLM(cfg, dtype)
 
@@ -242,17 +243,24 @@ def make_lm_eval_step(cfg: LMConfig, objective: dict, dtype: Any = jnp.float32) 
             0,
             jnp.maximum(code_len - 1, 0),
         )
-        for level in range(2, cfg.num_codebooks + 1):
-            add(f"nar_{level}", nar_terms(model, params, batch, jnp.int32(level), prompt_len))
+        if cfg.num_codebooks > 1:
+            levels = jnp.arange(2, cfg.num_codebooks + 1, dtype=jnp.int32)
+            per_level = jax.lax.map(
+                lambda level: nar_terms(model, params, batch, level, prompt_len), levels
+            )  # one compiled body, the level traced; metrics stacked over levels
+            for i, level in enumerate(range(2, cfg.num_codebooks + 1)):
+                add(f"nar_{level}", {k: v[i] for k, v in per_level.items()})
         if objective.get("masked_weight", 0.0) > 0:  # every level, half its frames masked
             t = jnp.arange(batch["codes"].shape[2])[None]
             half = (t - prompt_len[:, None]) % 2 == 0
             no_drop = jnp.zeros_like(code_len, bool)
-            for level in range(1, cfg.num_codebooks + 1):
-                terms = masked_terms(
-                    model, params, batch, jnp.int32(level), prompt_len, half, no_drop
-                )
-                add(f"masked_{level}", terms)
+            levels = jnp.arange(1, cfg.num_codebooks + 1, dtype=jnp.int32)
+            per_level = jax.lax.map(
+                lambda level: masked_terms(model, params, batch, level, prompt_len, half, no_drop),
+                levels,
+            )
+            for i in range(cfg.num_codebooks):
+                add(f"masked_{i + 1}", {k: v[i] for k, v in per_level.items()})
         return out
 
     return eval_step

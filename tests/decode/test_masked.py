@@ -239,3 +239,30 @@ def test_semantic_condition_changes_the_output_and_guidance_drops_it():
         )[0]
     )
     np.testing.assert_array_equal(run(sem, uncond), dropped)
+
+
+# Tokens of the unrolled per-level decoder this module's single scan replaced (issue 12), computed
+# from that code on these inputs before the change: the scan over (level, iteration) pairs with a
+# traced level must reproduce them with the same keys.
+PINNED_PLAIN = [
+    [[1, 10, 10, 10, 1, 10, 10, 10], [13, 9, 13, 13, 13, 13, 13, 9], [14] * 8],
+    [[10, 10, 12, 4, 10, 0, 0, 0], [9, 9, 13, 13, 13, 0, 0, 0], [14, 14, 14, 4, 14, 0, 0, 0]],
+]
+PINNED_GUIDED = [
+    [[12, 1, 2, 3, 2, 12, 13, 9], [9, 9, 7, 7, 14, 11, 7, 9], [11, 2, 2, 2, 2, 2, 2, 11]],
+    [[0, 1, 5, 6, 9, 0, 0, 0], [14, 13, 13, 12, 12, 0, 0, 0], [5, 5, 14, 2, 2, 0, 0, 0]],
+]
+
+
+def test_single_scan_gives_the_unrolled_levels_tokens(setup):
+    params, inputs = setup
+    out, passes = _gen(params, inputs, seed=1)
+    assert passes == 7
+    np.testing.assert_array_equal(out, PINNED_PLAIN)
+    schedule = dataclasses.replace(SCHED, iterations=(1, 5, 3), span=2, guidance="ramp_up", top_k=5)
+    given = np.random.default_rng(3).integers(0, CFG.codebook_size, (2, 1, G)).astype(np.int32)
+    out, passes = _gen(
+        params, inputs, seed=4, schedule=schedule, given=jnp.asarray(given), start_level=2
+    )
+    assert passes == 8
+    np.testing.assert_array_equal(out, PINNED_GUIDED)
