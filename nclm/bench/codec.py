@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -36,6 +35,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from nclm.bench.report import finish
 
 if TYPE_CHECKING:  # jax and the models load inside the commands: `nclm --help` stays fast
     from nclm.codec.config import CodecConfig
@@ -417,11 +418,7 @@ def run(args: argparse.Namespace) -> dict:
     if ref:
         agree = ", ".join(f"batch {b}: {a:.1%}" for b, a in result["codes_agree"].items())
         print(f"codes identical between nclm and torch: {agree}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {args.json}")
-    return result
+    return finish(result, args.json)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -12,11 +12,12 @@ own cost; the loop's throughput, data included, is logged by `nclm train` as per
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import time
+
+from nclm.bench.report import finish
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,7 +91,4 @@ def run(args: argparse.Namespace, overrides: list[str] = ()) -> dict:
         f"(min {min(times) * 1000:.0f} ms) over {args.steps} steps; "
         f"{result['audio_seconds_per_second']:.2f} audio s/s"
     )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-    return result
+    return finish(result, args.json)

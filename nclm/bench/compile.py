@@ -13,8 +13,9 @@ traced level does not.
 from __future__ import annotations
 
 import argparse
-import json
 import time
+
+from nclm.bench.report import environment, finish
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,9 +94,5 @@ def run(args: argparse.Namespace) -> dict:
             f"{row['hlo_kb']:>7.0f}",
             flush=True,
         )
-    result = {"command": command, "date": time.strftime("%Y-%m-%d"), "results": rows}
-    print(json.dumps(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-    return result
+    result = {"command": command, **environment(), "results": rows}
+    return finish(result, args.json, print_json=True)

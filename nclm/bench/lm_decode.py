@@ -34,13 +34,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
-import platform
 import resource
 import statistics
 import time
 from collections.abc import Callable
+
+from nclm.bench.report import environment, finish
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -291,19 +290,14 @@ def run(args: argparse.Namespace) -> dict:
     params = jax.tree_util.tree_map(lambda x: x.astype(args.weights), params)
     num_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
     dtype = jnp.dtype(args.dtype)
-    devices = jax.devices()
     result = {
         "command": _command(args),
-        "date": time.strftime("%Y-%m-%d"),
+        **environment(),
         "preset": args.preset,
         "num_params": num_params,
         "num_codebooks": cfg.num_codebooks,
         "dtype": args.dtype,
         "weights": args.weights,
-        "devices": f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform})",
-        "jax": jax.__version__,
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
         "results": [],
     }
     print(
@@ -331,8 +325,4 @@ def run(args: argparse.Namespace) -> dict:
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print((_versus_table if args.vs else _table)(result["results"]))
     print(f"peak resident memory of this process: {result['peak_rss_mb']:.0f} MB")
-    print(json.dumps(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-    return result
+    return finish(result, args.json, print_json=True)

@@ -22,10 +22,11 @@ report tokens/s (the same tokens counted once per step) and the ratio.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
+
+from nclm.bench.report import finish
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -148,7 +149,4 @@ def run(args: argparse.Namespace, overrides: list[str] = ()) -> dict:
             f"{result['transformers_tokens_per_second']:.0f} tokens/s; "
             f"nclm / transformers = {result['ratio']:.2f}"
         )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-    return result
+    return finish(result, args.json)

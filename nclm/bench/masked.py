@@ -21,11 +21,10 @@ Parameters stay float32 (as `nclm tts` keeps them); --dtype is the compute dtype
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import time
+
+from nclm.bench.report import environment, finish
 
 TEXT_TOKENS_PER_SECOND = 12  # English speech: about 12-15 phonemes per second
 
@@ -187,10 +186,9 @@ def run(args: argparse.Namespace) -> dict:
         "schedule": schedule,
         "dtype": jnp.dtype(args.dtype),
     }
-    devices = jax.devices()
     result = {
         "command": _command(args),
-        "date": time.strftime("%Y-%m-%d"),
+        **environment(),
         "preset": args.preset,
         "num_params": num_params,
         "num_codebooks": cfg.num_codebooks,
@@ -200,10 +198,6 @@ def run(args: argparse.Namespace) -> dict:
         "iterations": list(schedule.steps(cfg.num_codebooks)),
         "guidance": args.guidance,
         "dtype": args.dtype,
-        "devices": f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform})",
-        "jax": jax.__version__,
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
         "seconds": args.seconds,
         "prompt_seconds": args.prompt_seconds,
         "frames": num_gen,
@@ -223,8 +217,4 @@ def run(args: argparse.Namespace) -> dict:
     result.update(_measure(compiled, lm_args, codec, num_gen, args.repeats))
     result["rtf"] = result["total_s"] / args.seconds
     print(_table(result))
-    print(json.dumps(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-    return result
+    return finish(result, args.json, print_json=True)
