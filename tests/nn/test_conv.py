@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import optional
 
 from nclm.nn import (
     AdaLayerNorm,
@@ -25,6 +24,7 @@ from nclm.nn import (
     conv_output_length,
     conv_transpose_output_length,
 )
+from tests.conftest import optional
 
 # Snake, AdaLN, the LSTM's and the initialisers' tests run without torch; the others need it.
 torch = optional("torch")

@@ -9,10 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import optional
 from jax.sharding import PartitionSpec
 
 from nclm.nn import Conv2d, conv2d_output_shape
+from tests.conftest import optional
 
 # The init and error tests run without torch; the parity tests need it.
 torch = optional("torch")
