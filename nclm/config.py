@@ -124,6 +124,6 @@ def to_dict(cfg: ml_collections.ConfigDict) -> dict:
 
 def save_config(cfg: ml_collections.ConfigDict, path: str | os.PathLike) -> None:
     """Writes the resolved config as JSON, atomically."""
-    from nclm.atomic import write_atomic
+    from nclm.paths import write_text
 
-    write_atomic(path, json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")
+    write_text(path, json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")

@@ -9,14 +9,13 @@ mesh axes do not divide is replicated instead (a 1-channel output conv never blo
     shardings = tree_shardings(logical_specs, abstract_params, mesh, rules)
     params = jax.device_put(params, shardings)
 
-Multi-host: call `initialize_distributed()` first on every host; `jax.devices()` then spans all
-hosts, and each host feeds its own slice of the batch (see `host_batch_slice`).
+Multi-host: call `nclm.distributed.initialize_distributed()` first on every host; `jax.devices()`
+then spans all hosts, and each host feeds its own slice of the batch (see `host_batch_slice`).
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 
 import jax
@@ -39,21 +38,6 @@ DEFAULT_RULES: tuple[tuple[str, tuple[str, ...] | str | None], ...] = (
     ("conv_out", "fsdp"),
     ("length", None),
 )
-
-
-def initialize_distributed() -> None:
-    """Starts multi-host JAX when launched on several hosts (TPU pods, SLURM); no-op on one host."""
-    multi = any(
-        os.environ.get(k)
-        for k in (
-            "JAX_COORDINATOR_ADDRESS",
-            "SLURM_NTASKS",
-            "TPU_WORKER_HOSTNAMES",
-            "MEGASCALE_COORDINATOR_ADDRESS",
-        )
-    )
-    if multi and int(os.environ.get("SLURM_NTASKS", "2")) > 1:
-        jax.distributed.initialize()
 
 
 def make_mesh(shape: dict[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -153,6 +137,16 @@ def host_batch_slice(global_batch: int) -> tuple[int, int]:
         raise ValueError(f"global batch {global_batch} is not divisible by {count} hosts")
     size = global_batch // count
     return index * size, size
+
+
+def put_replicated(tree, mesh: Mesh):
+    """Host arrays that every process holds alike (a validation batch) as global arrays
+    replicated over `mesh`; unlike a plain device_put, this works on several processes."""
+    sharding = replicated(mesh)
+    return jax.tree_util.tree_map(
+        lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda i: np.asarray(x)[i]),
+        tree,
+    )
 
 
 def global_batch_array(local: np.ndarray, mesh: Mesh, rules=DEFAULT_RULES) -> jax.Array:

@@ -9,14 +9,14 @@ import nclm
 
 # Lowest first. Root modules (atomic, config, sharding) serve everything; cli is the top.
 LAYERS = [
-    {"atomic", "config", "sharding"},
+    {"atomic", "config", "paths", "sharding", "distributed"},
     {"nn", "audio", "text"},
     {"codec"},
     {"data", "lm"},
     {"decode"},
     {"tasks", "train", "eval"},
     {"bench"},
-    {"cli"},
+    {"cli", "__main__"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 ROOT = Path(nclm.__file__).parent

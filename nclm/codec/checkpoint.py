@@ -20,8 +20,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from nclm.atomic import write_dir_atomic
 from nclm.codec.config import CodecConfig
+from nclm.paths import as_path, write_export
 
 FORMAT = "nclm-codec"
 VERSION = 1
@@ -45,8 +45,7 @@ def save_codec(
     path: str | os.PathLike, cfg: CodecConfig, variables: dict, extra: dict | None = None
 ) -> str:
     """Writes a codec checkpoint atomically; replaces an existing one. Returns the codec id."""
-    path = Path(path).absolute()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = as_path(path)
     variables = jax.tree_util.tree_map(np.asarray, variables)
     cid = codec_id(cfg, variables)
 
@@ -55,7 +54,7 @@ def save_codec(
     return cid
 
 
-def write_checkpoint(path: Path, tree_name: str, tree: Any, meta_name: str, meta: dict) -> None:
+def write_checkpoint(path, tree_name: str, tree: Any, meta_name: str, meta: dict) -> None:
     """An export directory, written atomically (replacing an existing one): the arrays of `tree`
     as an orbax checkpoint in `tree_name`/, and `meta` as JSON in `meta_name`."""
 
@@ -65,10 +64,10 @@ def write_checkpoint(path: Path, tree_name: str, tree: Any, meta_name: str, meta
             ckptr.wait_until_finished()
         (tmp / meta_name).write_text(json.dumps(meta, indent=2) + "\n")
 
-    write_dir_atomic(path, fill)
+    write_export(path, fill, last=meta_name)
 
 
-def read_tree(path: Path, tree_name: str, what: str) -> Any:
+def read_tree(path, tree_name: str, what: str) -> Any:
     """The arrays `write_checkpoint` saved in `tree_name`/, as numpy arrays."""
     if not (path / tree_name).is_dir():
         raise CheckpointError(f"{path}: {what} has no {tree_name}/ directory")
@@ -79,7 +78,7 @@ def read_tree(path: Path, tree_name: str, what: str) -> Any:
 def read_meta(path: str | os.PathLike, file_name: str, fmt: str, what: str) -> dict:
     """The JSON facts file of a checkpoint directory (codec.json, lm.json), checked for its
     format; one-line CheckpointErrors naming the path."""
-    path = Path(path)
+    path = as_path(path)
     meta_file = path / file_name
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such {what} directory")
@@ -100,7 +99,7 @@ def read_codec_meta(path: str | os.PathLike) -> dict:
 
 def load_codec(path: str | os.PathLike) -> tuple[CodecConfig, dict, str]:
     """Returns (config, variables as numpy arrays, codec id)."""
-    path = Path(path).absolute()
+    path = as_path(path)
     meta = read_codec_meta(path)
     cfg = CodecConfig.from_dict(meta["config"])
     return cfg, read_tree(path, "variables", "codec checkpoint"), meta["codec_id"]

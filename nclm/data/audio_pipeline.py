@@ -1,12 +1,15 @@
 """The grain pipeline that feeds codec training: random fixed-length crops of manifest audio.
 
-    records ─▶ [shard_index::shard_count] ─▶ shuffle(seed) ─▶ repeat(num_epochs)
-            ─▶ random_map(load at sample_rate, random crop of S, gain) ─▶ batch(B, drop_remainder)
+    records ─▶ shuffle(seed) ─▶ repeat(num_epochs)
+            ─▶ random_map(load at sample_rate, random crop of S, gain)
+            ─▶ [this host's rows of each global batch] ─▶ batch(B, drop_remainder)
             ─▶ {"wav": float32[B, S], "mask": float32[B, S]}     mask: 1 for real samples
 
-Each host reads its own shard (pass jax.process_index() / jax.process_count()), and every
-random choice (order, crop offset, gain) is a function of the seed and the element's position,
-so a run is deterministic for a seed whatever the number of reader threads.
+Every random choice (order, crop offset, gain) is a function of the seed and the element's
+position in the one global order, so a run is deterministic for a seed whatever the number of
+reader threads, and on several hosts (pass jax.process_index() / jax.process_count() as
+shard_index / shard_count) host h reads rows [h * B, (h + 1) * B) of every global batch of
+shard_count * B clips: N hosts train on exactly the batches one host would.
 
 Clips shorter than S are zero-padded at the end with the mask marking the real samples
 (`short="pad"`) or dropped (`short="skip"`); how many were padded or skipped is logged once per
@@ -56,13 +59,14 @@ class _CropReader:
     """random_map transform: (position, record) -> {"wav", "mask"} or None (a skipped clip).
     Counts short clips per epoch (threads share it, hence the lock)."""
 
-    def __init__(self, manifest, sample_rate, segment_samples, short, gain_db_range, epoch_size):
+    def __init__(self, manifest, sample_rate, segment_samples, short, gain_db_range, rows):
         self.manifest = str(manifest)
         self.sample_rate = sample_rate
         self.segment_samples = segment_samples
         self.short = short
         self.gain_db_range = gain_db_range
-        self.epoch_size = epoch_size
+        self.rows = rows  # which positions this host reads
+        self.epoch_size = 0  # records per epoch
         self._lock = threading.Lock()
         self._epochs: dict[int, list[int]] = {}  # epoch -> [clips read, short clips]
 
@@ -102,7 +106,8 @@ class _CropReader:
             counts = self._epochs.setdefault(epoch, [0, 0])
             counts[0] += 1
             counts[1] += is_short
-            if counts[0] < self.epoch_size:
+            start = epoch * self.epoch_size
+            if counts[0] < self.rows.count(start, start + self.epoch_size):
                 return
             del self._epochs[epoch]
         if not counts[1]:
@@ -119,13 +124,50 @@ class _CropReader:
         )
         if self.short == "skip" and counts[1] == counts[0]:
             raise ValueError(
-                f"{self.manifest}: every clip of this shard is shorter than the "
+                f"{self.manifest}: every clip this host read in an epoch is shorter than the "
                 f"{self.segment_samples}-sample segment; use short='pad' or shorter segments"
             )
 
 
 def _with_position(position: int, record: dict) -> tuple[int, dict]:
     return position, record
+
+
+class _HostRows:
+    """Host h of n reads rows [h * B, (h + 1) * B) of every global batch of n * B positions."""
+
+    def __init__(self, batch_size: int, index: int, count: int):
+        self.batch, self.index, self.count_hosts = batch_size, index, count
+
+    def position(self, j: int) -> int:
+        """The global position of this host's j-th element."""
+        return (
+            (j // self.batch) * self.batch * self.count_hosts
+            + self.index * self.batch
+            + (j % self.batch)
+        )
+
+    def count(self, start: int, stop: int) -> int:
+        """How many of the positions [start, stop) this host reads."""
+
+        def below(n: int) -> int:
+            full, rest = divmod(n, self.batch * self.count_hosts)
+            return full * self.batch + min(max(rest - self.index * self.batch, 0), self.batch)
+
+        return below(stop) - below(start)
+
+    def reader_of(self, ds: grain.MapDataset):
+        return _ReadAt(ds, self)
+
+
+class _ReadAt:
+    """map transform: this host's element j -> element `rows.position(j)` of the global `ds`."""
+
+    def __init__(self, ds, rows: _HostRows):
+        self.ds, self.rows = ds, rows
+
+    def __call__(self, j: int):
+        return self.ds[self.rows.position(int(j))]
 
 
 def _normalise_gain(wav, real, rng, gain_db_range) -> np.ndarray:
@@ -164,34 +206,33 @@ def audio_dataset(
         {"audio": str(resolve_audio(manifest_path, r)), "line": n, "duration": r["duration"]}
         for n, r in lines
     ]
-    shard = records[shard_index::shard_count]
-    if not shard:
+    if not records:
+        raise ManifestError(f"{manifest_path}: no records")
+    if short == "skip" and all(r["duration"] * sample_rate < segment_samples for r in records):
         raise ManifestError(
-            f"{manifest_path}: {len(records)} record(s) leave shard {shard_index} of "
-            f"{shard_count} empty"
-        )
-    if short == "skip" and all(r["duration"] * sample_rate < segment_samples for r in shard):
-        raise ManifestError(
-            f"{manifest_path}: short='skip' but no clip in shard {shard_index} is at least "
+            f"{manifest_path}: short='skip' but no clip is at least "
             f"{segment_samples} samples ({segment_samples / sample_rate:g} s) long"
         )
-    if num_epochs is not None and len(shard) * num_epochs < batch_size:
+    global_batch = batch_size * shard_count
+    if num_epochs is not None and len(records) * num_epochs < global_batch:
         raise ValueError(
-            f"batch_size={batch_size}: larger than the {len(shard) * num_epochs} clips of "
-            f"{num_epochs} epoch(s) of shard {shard_index}; no batch would be made"
+            f"batch_size={batch_size} x {shard_count} host(s): larger than the "
+            f"{len(records) * num_epochs} clips of {num_epochs} epoch(s); no batch would be made"
         )
-    reader = _CropReader(
-        manifest_path, sample_rate, segment_samples, short, gain_db_range, len(shard)
-    )
+    rows = _HostRows(batch_size, shard_index, shard_count)
+    reader = _CropReader(manifest_path, sample_rate, segment_samples, short, gain_db_range, rows)
+    reader.epoch_size = len(records)
     # Independent streams for the order and the per-clip randomness, both fixed by `seed`.
     order_seed, clip_seed = np.random.SeedSequence(seed).generate_state(2)
     ds = (
-        grain.MapDataset.source(shard)
+        grain.MapDataset.source(records)
         .shuffle(seed=int(order_seed))
         .repeat(num_epochs)
         .map_with_index(_with_position)
         .random_map(reader, seed=int(clip_seed))
     )
+    if shard_count > 1:
+        ds = grain.MapDataset.range(len(ds) // global_batch * batch_size).map(rows.reader_of(ds))
     options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * batch_size)
     return ds.to_iter_dataset(options).batch(batch_size, drop_remainder=True)
 

@@ -12,7 +12,6 @@ the codes belong to (so a mismatched codec is refused). Written atomically.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -20,6 +19,7 @@ import numpy as np
 
 from nclm.codec.checkpoint import read_meta, read_tree, write_checkpoint
 from nclm.lm.config import LMConfig
+from nclm.paths import as_path
 from nclm.text.symbols import SymbolTable
 
 FORMAT = "nclm-lm"
@@ -43,7 +43,7 @@ def save_lm(
         "symbols": symbols.to_dict(),
         "codec": codec,
     }
-    write_checkpoint(Path(path).absolute(), "params", params, "lm.json", {**meta, **(extra or {})})
+    write_checkpoint(as_path(path), "params", params, "lm.json", {**meta, **(extra or {})})
 
 
 def read_lm_meta(path: str | os.PathLike) -> dict:
@@ -52,7 +52,7 @@ def read_lm_meta(path: str | os.PathLike) -> dict:
 
 def load_lm(path: str | os.PathLike) -> tuple[LMConfig, Any, SymbolTable, dict]:
     """Returns (config, params as numpy arrays, symbol table, the whole lm.json)."""
-    path = Path(path).absolute()
+    path = as_path(path)
     meta = read_lm_meta(path)
     params = read_tree(path, "params", "LM checkpoint")
     cfg = LMConfig.from_dict(meta["config"])

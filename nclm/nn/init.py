@@ -3,8 +3,9 @@
 Why: XLA compiles every `jax.random` draw into its own threefry kernel, and on a CPU a model
 with a hundred parameters took 30-60 s to compile its `init` (1.6 s this way). Here each draw is a
 `jax.pure_callback` into NumPy, seeded from the (split, traced) key, so init stays a pure
-function of the key: same key, same parameters, under jit, eval_shape or none. On several
-processes (multi-host) the draws fall back to `jax.random`, which every process computes alike.
+function of the key: same key, same parameters, under jit, eval_shape or none, and on any number
+of processes (a multi-process jit runs the callback once and sends its result to every device), so
+a seed starts from the same parameters on one host and on several.
 """
 
 from __future__ import annotations
@@ -18,12 +19,6 @@ _TRUNC_STD = 0.87962566103423978
 
 
 def _host_draw(key: jax.Array, shape: tuple[int, ...], kind: str) -> jax.Array:
-    if jax.process_count() > 1:
-        if kind == "truncated_normal":
-            return jax.random.truncated_normal(key, -2.0, 2.0, shape, jnp.float32)
-        if kind == "normal":
-            return jax.random.normal(key, shape, jnp.float32)
-        return jax.random.uniform(key, shape, jnp.float32, -1.0, 1.0)
     data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
 
     def draw(seed):

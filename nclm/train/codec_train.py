@@ -31,12 +31,15 @@ from nclm.codec.rvq_ema import kmeans_init
 from nclm.config import ConfigError, compute_dtype
 from nclm.data.audio_pipeline import make_iterator
 from nclm.data.manifest import read_manifest, resolve_audio
+from nclm.distributed import wait_for_all
+from nclm.paths import as_path
 from nclm.sharding import (
     batch_sharding,
     batch_shards,
     global_batch_array,
     host_batch_slice,
     make_mesh,
+    put_replicated,
     replicated,
     tree_shardings,
 )
@@ -82,7 +85,7 @@ def train_codec(
     """Trains (or resumes) the codec run in `workdir`. `stop_after` ends the call after that many
     steps of this call with a checkpoint (used to test resumption). Returns the last metrics."""
     # ---- run directory -------------------------------------------------------------------------
-    workdir = Path(workdir)
+    workdir = as_path(workdir)
     codec_cfg = codec_config_from(cfg)
     DiscriminatorConfig.from_dict(cfg.discriminator.to_dict())  # fails early on a bad section
     if not cfg.data.train:
@@ -110,9 +113,10 @@ def train_codec(
             short=cfg.data.short,
         )
 
-    eval_batch = (  # on the device once, reused by every evaluation
-        jax.device_put(
-            _eval_batch(cfg.data.valid, cfg.data.eval_items, 2 * segment, codec_cfg.sample_rate)
+    eval_batch = (  # on the devices once, reused by every evaluation
+        put_replicated(
+            _eval_batch(cfg.data.valid, cfg.data.eval_items, 2 * segment, codec_cfg.sample_rate),
+            mesh,
         )
         if cfg.data.valid
         else None
@@ -125,8 +129,9 @@ def train_codec(
         state = trainer.init(jax.random.PRNGKey(cfg.seed))
         if codec_cfg.quantizer.kind == "ema" and cfg.train.kmeans_init:
             first = next(iterator(cfg.seed + 1))
+            wav = global_batch_array(np.asarray(first["wav"], np.float32), mesh, rules)
             state = _kmeans_init(
-                state, trainer.codec, codec_cfg, first, cfg.seed, trainer.state_shardings
+                state, trainer.codec, codec_cfg, wav, cfg.seed, trainer.state_shardings
             )
         return state
 
@@ -188,8 +193,9 @@ def train_codec(
                 workdir / "codec",
                 codec_cfg,
                 variables,
-                extra={"trained_steps": int(result.step), "workdir": str(workdir.absolute())},
+                extra={"trained_steps": int(result.step), "workdir": str(workdir)},
             )
+    wait_for_all("nclm: codec export written")
     raise_if_stopped(result)
     return result.last
 
@@ -243,24 +249,31 @@ def build_codec_trainer(
         donate_argnums=0,
     )
     return CodecTrainer(
-        codec, init, step, jax.jit(make_codec_eval_step(codec_cfg)), state_sh, abstract
+        codec,
+        init,
+        step,
+        # replicated outputs: every process can read the metrics and the decoded clips
+        jax.jit(make_codec_eval_step(codec_cfg), out_shardings=replicated(mesh)),
+        state_sh,
+        abstract,
     )
 
 
 def _kmeans_init(
-    state: CodecTrainState, codec: Codec, codec_cfg, local: dict, seed: int, state_sh
+    state: CodecTrainState, codec: Codec, codec_cfg, wav: jax.Array, seed: int, state_sh
 ) -> CodecTrainState:
-    """EMA codebooks from k-means on the encoder's latents of one batch (EnCodec's init)."""
-    wav = jnp.asarray(local["wav"], jnp.float32)
-    latents = codec.apply(
-        {"params": state.params, "codebooks": state.codebooks}, wav, method="encode_latent"
-    )
-    frames = latents.reshape(-1, latents.shape[-1])
-    books = jax.jit(kmeans_init, static_argnums=1)(
-        frames, codec_cfg.quantizer, jax.random.PRNGKey(seed + 3)
-    )
-    state = state.replace(codebooks={"quantizer": books})
-    return jax.device_put(state, state_sh)
+    """EMA codebooks from k-means on the encoder's latents of one global batch (EnCodec's init),
+    in one program over the mesh, so every process ends with the same codebooks."""
+
+    def init_books(state, wav):
+        latents = codec.apply(
+            {"params": state.params, "codebooks": state.codebooks}, wav, method="encode_latent"
+        )
+        frames = latents.reshape(-1, latents.shape[-1])
+        books = kmeans_init(frames, codec_cfg.quantizer, jax.random.PRNGKey(seed + 3))
+        return state.replace(codebooks={"quantizer": books})
+
+    return jax.jit(init_books, out_shardings=state_sh)(state, wav)
 
 
 def _evaluate(

@@ -26,10 +26,12 @@ import numpy as np
 from nclm.config import ConfigError, compute_dtype
 from nclm.data.token_pipeline import make_eval_batches, make_token_iterator
 from nclm.data.tokens import INDEX
+from nclm.distributed import wait_for_all
 from nclm.lm.checkpoint import save_lm
 from nclm.lm.config import LMConfig
 from nclm.lm.experiment import lm_config_from
 from nclm.lm.model import init_lm
+from nclm.paths import as_path
 from nclm.sharding import (
     batch_sharding,
     batch_shards,
@@ -81,6 +83,7 @@ def _check_tokens(lm: LMConfig, index: dict, option: str) -> None:
 
 
 def _global_batch(local: dict, mesh, rules, keys=BATCH_KEYS) -> dict:
+    """This process's rows of a batch as global arrays."""
     missing = [k for k in keys if k not in local]
     if missing:
         raise ConfigError(
@@ -98,7 +101,7 @@ def train_lm(
 ) -> dict:
     """Trains (or resumes) the LM run in `workdir`; returns the last logged metrics."""
     # ---- run directory -------------------------------------------------------------------------
-    workdir = Path(workdir)
+    workdir = as_path(workdir)
     index = _read_index(cfg.data.train, "--config.data.train")
     symbols = SymbolTable.load(Path(cfg.data.train) / index["symbols"])
     lm_cfg = lm_config_from(cfg, len(symbols))
@@ -169,9 +172,10 @@ def train_lm(
                     "trained_steps": int(result.step),
                     "max_text_tokens": max(d.text_buckets),
                     "max_audio_frames": max(d.frame_buckets) - 1,
-                    "workdir": str(workdir.absolute()),
+                    "workdir": str(workdir),
                 },
             )
+    wait_for_all("nclm: lm export written")
     raise_if_stopped(result)
     return result.last
 

@@ -6,7 +6,7 @@ still reads top to bottom as one function.
     open_run(cfg, workdir)                     # one config per workdir, provenance, jax.distributed
     result = run_loop(cfg, workdir, Loop(...)) # restore or init, train to cfg.train.steps, save
     ... export from result.state ...
-    raise_if_stopped(result)                   # SIGTERM/SIGINT: the checkpoint is saved, now exit
+    raise_if_stopped(result)                   # Ctrl-C: exit 130; SIGTERM: exit 0 (both saved)
 
 Schedules come from `cfg.train`: log_every, eval_every, checkpoint_every, keep_checkpoints, steps.
 """
@@ -14,6 +14,7 @@ Schedules come from `cfg.train`: log_every, eval_every, checkpoint_every, keep_c
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,10 +25,11 @@ import ml_collections
 from tqdm import tqdm
 
 from nclm.config import save_config
-from nclm.sharding import initialize_distributed
+from nclm.distributed import initialize_distributed
 from nclm.train.checkpoint import RunCheckpointer, abstract_with_shardings
 from nclm.train.metrics import MetricWriter
-from nclm.train.run_dir import StopSignals, check_workdir, truncate_metrics, write_run_info
+from nclm.train.run_dir import check_workdir, truncate_metrics, write_run_info
+from nclm.train.stopping import StopSignals
 
 log = logging.getLogger("nclm.train")
 
@@ -89,9 +91,9 @@ def run_loop(
             desc=loop.desc,
             dynamic_ncols=True,
         )
-        last, step, saved = {}, start, start
+        last, step, saved, stopped = {}, start, start, False
         timer = {"start": time.perf_counter(), "step": start, "work": 0.0}
-        while step < end and stop.signal is None:
+        while step < end and not stopped:
             local = next(loop.data)
             state, metrics = loop.step(state, local)
             step += 1
@@ -107,7 +109,8 @@ def run_loop(
                 saved = step
             if timer["step"] == step:  # evaluation and checkpoints are not training time
                 timer["start"] = time.perf_counter()
-        if stop.signal is not None and step > saved:  # not twice for one step
+            stopped = stop.should_stop(step)  # the same step on every process
+        if stopped and step > saved:  # not twice for one step
             log.warning("signal %s: saving a checkpoint at step %d", stop.signal, step)
             ckpt.save(step, state, loop.data.get_state(), force=True)
     finally:
@@ -116,7 +119,7 @@ def run_loop(
         ckpt.close()
         writer.close()
         stop.restore()
-    return LoopResult(state, step, last, stop.signal)
+    return LoopResult(state, step, last, stop.signal if stopped else None)
 
 
 def _restore_or_init(ckpt: RunCheckpointer, writer: MetricWriter, loop: Loop) -> tuple[Any, int]:
@@ -147,6 +150,15 @@ def _log(writer: MetricWriter, step: int, metrics: dict, timer: dict, loop: Loop
 
 
 def raise_if_stopped(result: LoopResult) -> None:
-    """After the export: a run stopped by a signal exits as interrupted (its checkpoint saved)."""
+    """After the export. A run stopped by Ctrl-C exits as interrupted; one stopped by SIGTERM (a
+    preemption or a scheduler's time limit) returns normally, so the process exits 0: its
+    checkpoint is saved and the same command resumes it."""
+    if result.signal == signal.SIGINT:
+        raise KeyboardInterrupt(f"stopped by SIGINT at step {result.step}")
     if result.signal is not None:
-        raise KeyboardInterrupt(f"stopped by signal {result.signal} at step {result.step}")
+        log.warning(
+            "stopped by signal %d at step %d; the checkpoint is saved: run the same command to "
+            "resume",
+            result.signal,
+            result.step,
+        )

@@ -6,27 +6,27 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import jax
 import numpy as np
+
+from nclm.paths import append_line, as_path, uri
 
 
 class MetricWriter:
     def __init__(self, workdir: str | os.PathLike, tensorboard: bool = True):
         self.active = jax.process_index() == 0
-        self.path = Path(workdir) / "metrics.jsonl"
+        self.path = as_path(workdir) / "metrics.jsonl"
         self._tb = None
         if self.active and tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+            self._tb = SummaryWriter(uri(as_path(workdir) / "tensorboard"))
 
     def scalars(self, step: int, metrics: dict, prefix: str = "") -> dict:
         values = {f"{prefix}{k}": float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
         if self.active:
-            with self.path.open("a") as f:
-                f.write(json.dumps({"step": step, **values}) + "\n")
+            append_line(self.path, json.dumps({"step": step, **values}))
             if self._tb is not None:
                 for k, v in values.items():
                     self._tb.add_scalar(k, v, step)
@@ -48,7 +48,7 @@ class MetricWriter:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    path = Path(path)
+    path = as_path(path)
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

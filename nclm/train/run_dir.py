@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import platform
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import jax
 import ml_collections
 
 from nclm.config import ConfigError, to_dict
+from nclm.paths import append_line, write_text
 from nclm.train.metrics import read_metrics
 
 
@@ -58,8 +58,7 @@ def write_run_info(workdir: Path) -> None:
         "process_count": jax.process_count(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    with (workdir / "runs.jsonl").open("a") as f:
-        f.write(json.dumps(info) + "\n")
+    append_line(workdir / "runs.jsonl", json.dumps(info))
 
 
 def truncate_metrics(path: Path, step: int) -> None:
@@ -67,7 +66,7 @@ def truncate_metrics(path: Path, step: int) -> None:
     consistent history."""
     rows = read_metrics(path)
     if rows and rows[-1]["step"] > step and jax.process_index() == 0:
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step))
+        write_text(path, "".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step))
 
 
 def host_params(tree):
@@ -79,20 +78,3 @@ def host_params(tree):
     from jax.experimental import multihost_utils
 
     return multihost_utils.process_allgather(tree, tiled=True)
-
-
-class StopSignals:
-    """While installed, SIGTERM and SIGINT set `.signal` instead of killing the process, so a
-    training loop can finish its step and save a checkpoint first; `restore()` puts the old
-    handlers back."""
-
-    def __init__(self):
-        self.signal: int | None = None
-        self._old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-
-    def _on_signal(self, signum, _frame) -> None:
-        self.signal = signum
-
-    def restore(self) -> None:
-        for s, handler in self._old.items():
-            signal.signal(s, handler)

@@ -1,5 +1,5 @@
-"""The grain audio pipeline: shapes and masks, determinism, per-host shards, resuming from a saved
-iterator state, short clips padded or skipped, and bad files named in the error."""
+"""The grain audio pipeline: shapes and masks, determinism, per-host rows of global batches,
+resuming from a saved iterator state, short clips padded or skipped, and bad files named."""
 
 import json
 import logging
@@ -84,7 +84,7 @@ def test_short_clips_skipped_and_counted(tmp_path, caplog):
     assert sorted(ids) == sorted(2 * list(range(len(LONG))))  # short clips 8, 9 never appear
     assert all(b["mask"].min() == 1.0 for b in batches)
     assert caplog.text.count("2 of 10 clips shorter than 4000 samples were skipped") == 2
-    with pytest.raises(ManifestError, match="no clip in shard 0 is at least 4000 samples"):
+    with pytest.raises(ManifestError, match="no clip is at least 4000 samples"):
         _iterator(_manifest(tmp_path, SHORT, "short.jsonl"), short="skip")
 
 
@@ -118,16 +118,25 @@ def test_deterministic_for_a_seed(tmp_path):
     )
 
 
-def test_shards_are_disjoint_and_cover_the_manifest(tmp_path):
+def test_hosts_read_their_rows_of_the_one_host_batches(tmp_path, caplog):
+    """Three hosts with 2 rows each, stacked, are exactly one host's batches of 6 (same clips,
+    crops and gains): N processes train on what one process would, and each still logs the
+    short clips of an epoch once it has read all its rows of it."""
     path = _manifest(tmp_path, LONG + SHORT)
-    shards = [
-        [i for b in _iterator(path, batch_size=1, num_epochs=1, shard_index=k, shard_count=2)
-         for i in _ids(b)]
-        for k in range(2)
-    ]  # fmt: skip
-    assert not set(shards[0]) & set(shards[1])
-    assert sorted(shards[0] + shards[1]) == list(range(10))
-    assert sorted(shards[0]) == list(range(0, 10, 2))  # host k reads records k, k + 2, ...
+    kwargs = dict(num_epochs=2, gain_db_range=(-30.0, -18.0))
+    one = list(_iterator(path, batch_size=6, **kwargs))
+    with caplog.at_level(logging.INFO, logger="nclm.data.audio_pipeline"):
+        hosts = [
+            list(_iterator(path, batch_size=2, shard_index=k, shard_count=3, **kwargs))
+            for k in range(3)
+        ]
+    assert len(one) == 3 and all(len(h) == 3 for h in hosts)  # 20 positions: 3 full batches
+    for i, batch in enumerate(one):
+        for key in ("wav", "mask"):
+            np.testing.assert_array_equal(
+                np.concatenate([h[i][key] for h in hosts]), batch[key], err_msg=key
+            )
+    assert caplog.text.count("clips shorter than 4000 samples were zero-padded") > 0
 
 
 def test_resume_from_saved_state_matches_uninterrupted_run(tmp_path):
@@ -179,9 +188,9 @@ def test_bad_arguments_fail_with_one_line(tmp_path):
         _iterator(path, short="drop")
     with pytest.raises(ValueError, match="shard_index"):
         _iterator(path, shard_index=2, shard_count=2)
-    with pytest.raises(ManifestError, match="leave shard 8 of 9 empty"):
-        _iterator(path, shard_index=8, shard_count=9)
-    with pytest.raises(ValueError, match="batch_size=9: larger than the 8 clips"):
+    with pytest.raises(ValueError, match=r"batch_size=3 x 3 host\(s\): larger than the 8 clips"):
+        _iterator(path, batch_size=3, shard_index=1, shard_count=3, num_epochs=1)
+    with pytest.raises(ValueError, match=r"batch_size=9 x 1 host\(s\): larger than the 8 clips"):
         _iterator(path, batch_size=9, num_epochs=1)
     with pytest.raises(ValueError, match="gain_db_range"):
         _iterator(path, gain_db_range=(-10.0, 3.0))

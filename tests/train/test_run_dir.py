@@ -1,16 +1,16 @@
-"""Run-directory helpers shared by the training loops."""
+"""Stopping a run on a signal (one process; several are tested in tests/test_multiprocess.py)."""
 
 import os
 import signal
 
-from nclm.train.run_dir import StopSignals
+from nclm.train.stopping import StopSignals
 
 
 def test_stop_signals_record_instead_of_killing_and_restore():
     before = signal.getsignal(signal.SIGTERM)
     stop = StopSignals()
     os.kill(os.getpid(), signal.SIGTERM)  # would end the process without the handler
-    assert stop.signal == signal.SIGTERM
+    assert stop.signal == signal.SIGTERM and stop.should_stop(1)
     os.kill(os.getpid(), signal.SIGINT)
     assert stop.signal == signal.SIGINT
     stop.restore()
