@@ -9,7 +9,7 @@ import nclm
 
 # Lowest first. Root modules (atomic, config, sharding) serve everything; cli is the top.
 LAYERS = [
-    {"atomic", "config", "sharding"},
+    {"atomic", "cli_args", "config", "sharding"},
     {"nn", "audio", "text"},
     {"codec"},
     {"data", "lm"},
