@@ -8,9 +8,10 @@
     nclm bench codec|codec-train|lm-train|lm-decode|compile|masked ...   (nclm/bench/)
     nclm eval score ROWS.jsonl --out DIR | valle-list ...         (nclm/eval/cli.py)
 
-Each command group is a function that registers its subcommands (`_COMMAND_GROUPS`); each
-subcommand sets the defaults `func(args, overrides)` and `command_parser` (for usage errors), and
-`accepts_overrides` if it takes a config: `overrides` then holds the `--config.key=value` items.
+Each command group is a function that registers its subcommands (`_command_groups`) through
+nclm/cli_args.py: each subcommand sets the defaults `func(args, overrides)` and `command_parser`
+(for usage errors), and `accepts_overrides` if it takes a config: `overrides` then holds the
+`--config.key=value` items.
 Commands validate their inputs before writing anything and write outputs atomically. An expected
 failure (a bad file, option or checkpoint: any ValueError or OSError) prints one line,
 `nclm: error: <message>`, and exits 2.
@@ -23,6 +24,8 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+
+from nclm.cli_args import add_command, command_group, set_command
 
 
 class _Parser(argparse.ArgumentParser):
@@ -133,17 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _data_commands(groups: argparse._SubParsersAction) -> None:
     from nclm.data import cli as data_cli
 
-    group = groups.add_parser("data", help="build corpora and manifests")
-    group.set_defaults(command_parser=group)
-    sub = group.add_subparsers(title="data commands", metavar="COMMAND")
-    _add_command(
+    sub = command_group(groups, "data", "build corpora and manifests", "data commands")
+    add_command(
         sub,
         "manifest",
         "JSONL manifests (train/valid/test) from an audio tree",
         data_cli.add_manifest_arguments,
         data_cli.run_manifest,
     )
-    _add_command(
+    add_command(
         sub,
         "synth",
         "a local multi-speaker speech corpus (espeak-ng, flite)",
@@ -165,7 +166,7 @@ def _train_command(groups: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True, metavar="FILE.py[:ARG]|config.json")
     p.add_argument("--workdir", required=True, metavar="DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_train, command_parser=p, accepts_overrides=True)
+    set_command(p, _train, overrides=True)
 
 
 def _train(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -209,24 +210,11 @@ _BENCHES = (
 def _bench_commands(groups: argparse._SubParsersAction) -> None:
     import importlib
 
-    group = groups.add_parser("bench", help="speed benchmarks (figures go to BENCHMARKS.md)")
-    group.set_defaults(command_parser=group)
-    sub = group.add_subparsers(title="benchmarks", metavar="BENCH")
+    help_text = "speed benchmarks (figures go to BENCHMARKS.md)"
+    sub = command_group(groups, "bench", help_text, "benchmarks", metavar="BENCH")
     for name, module, help_text, overrides in _BENCHES:
         bench = importlib.import_module(f"nclm.bench.{module}")
-        _add_command(sub, name, help_text, bench.add_arguments, bench.run, overrides)
-
-
-def _add_command(sub, name: str, help_text: str, add_arguments, run, overrides: bool = False):
-    """A subcommand whose options come from `add_arguments(parser)`; `run(args)`, or
-    `run(args, overrides)` when it accepts --config.key=value overrides."""
-    p = sub.add_parser(name, help=help_text)
-    add_arguments(p)
-    if overrides:
-        p.set_defaults(func=run, command_parser=p, accepts_overrides=True)
-    else:
-        p.set_defaults(func=lambda args, _: run(args), command_parser=p)
-    return p
+        add_command(sub, name, help_text, bench.add_arguments, bench.run, overrides)
 
 
 def _codec_commands(groups: argparse._SubParsersAction) -> None:
@@ -234,7 +222,7 @@ def _codec_commands(groups: argparse._SubParsersAction) -> None:
     from nclm.eval import codec_eval
 
     help_text = "PESQ, STOI, SI-SDR, mel distance, MCD, codebook usage"
-    _add_command(register(groups), "eval", help_text, codec_eval.add_arguments, codec_eval.run)
+    add_command(register(groups), "eval", help_text, codec_eval.add_arguments, codec_eval.run)
 
 
 def _command_groups():

@@ -5,12 +5,14 @@ ConfigDict (big_vision style), overridden from the command line with `--config.a
 
 Overrides are type-checked against the existing value and unknown keys fail with the key's name.
 `save_config` writes the resolved config as JSON beside every output, and `load_config` reads
-such a JSON file back, so a run is reproducible from its saved config alone.
+such a JSON file back, so a run is reproducible from its saved config alone. Model settings
+(codec, discriminator, LM) are frozen dataclasses built from their JSON by `dataclass_from_dict`.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.util
 import json
 import os
@@ -127,3 +129,34 @@ def save_config(cfg: ml_collections.ConfigDict, path: str | os.PathLike) -> None
     from nclm.paths import write_text
 
     write_text(path, json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")
+
+
+def check_keys(cls: type, d: dict, where: str, skip: set[str] = frozenset()) -> dict:
+    """`d` if each key names a field of the dataclass `cls` (less `skip`), else a ValueError."""
+    known = {f.name for f in dataclasses.fields(cls)} - set(skip)
+    unknown = set(d) - known
+    if unknown:
+        raise ValueError(
+            f"unknown {where} config keys {sorted(unknown)}; expected some of {sorted(known)}"
+        )
+    return d
+
+
+def dataclass_from_dict(cls: type, d: dict, where: str) -> Any:
+    """`cls(**d)` with the keys checked; JSON lists become tuples (frozen configs are hashable,
+    as jit's static arguments must be)."""
+    d = check_keys(cls, dict(d), where)
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def loop_schedule(steps: int, log_every: int, eval_every: int, **more: Any) -> dict:
+    """An experiment's `cfg.train` schedule as the training loop reads it (nclm/train/loop.py):
+    a checkpoint at every evaluation, the last 3 kept; `more` adds the trainer's own keys."""
+    return dict(
+        steps=steps,
+        log_every=log_every,
+        eval_every=eval_every,
+        checkpoint_every=eval_every,
+        keep_checkpoints=3,
+        **more,
+    )

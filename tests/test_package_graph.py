@@ -9,7 +9,7 @@ import nclm
 
 # Lowest first. Root modules (atomic, config, sharding) serve everything; cli is the top.
 LAYERS = [
-    {"atomic", "config", "paths", "sharding", "distributed"},
+    {"atomic", "cli_args", "config", "paths", "sharding", "distributed"},
     {"nn", "audio", "text"},
     {"codec"},
     {"data", "lm"},

@@ -12,12 +12,10 @@ own cost; the loop's throughput, data included, is logged by `nclm train` as per
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
-import time
 
-from nclm.bench.report import finish
+from nclm.bench.report import environment, finish
+from nclm.bench.step_timing import time_train_step
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,29 +52,16 @@ def run(args: argparse.Namespace, overrides: list[str] = ()) -> dict:
         "mask": jax.device_put(np.ones_like(wav), sharding),
     }
     key = jax.random.PRNGKey(0)
-    state = trainer.init(key)
-    start = time.perf_counter()
-    compiled = trainer.step.lower(state, batch, key).compile()
-    compile_seconds = time.perf_counter() - start
-    state, metrics = compiled(state, batch, key)  # warm-up
-    jax.block_until_ready(metrics)
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        state, metrics = compiled(state, batch, key)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - start)
+    compile_seconds, times, _ = time_train_step(
+        trainer.step, trainer.init(key), batch, key, args.steps
+    )
     step_seconds = statistics.median(times)
     audio_seconds = batch_size * segment / codec_cfg.sample_rate
     result = {
-        "date": time.strftime("%Y-%m-%d"),
         "command": "nclm bench codec-train "
         + " ".join([f"--config {args.config}", f"--steps {args.steps}", *overrides]),
         "codec": codec_cfg.name,
-        "devices": f"{len(jax.devices())} x {jax.devices()[0].device_kind}",
-        "jax": jax.__version__,
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
+        **environment(),
         "batch": batch_size,
         "crop_seconds": segment / codec_cfg.sample_rate,
         "compile_seconds": compile_seconds,

@@ -22,11 +22,10 @@ report tokens/s (the same tokens counted once per step) and the ratio.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
-import time
 
-from nclm.bench.report import finish
+from nclm.bench.report import environment, finish
+from nclm.bench.step_timing import time_train_step
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,30 +81,16 @@ def run(args: argparse.Namespace, overrides: list[str] = ()) -> dict:
         k: jax.device_put(local[k], batch_sharding(mesh, local[k].ndim, rules)) for k in BATCH_KEYS
     }
     key = jax.random.PRNGKey(0)
-    state = trainer.init(key)
-    start = time.perf_counter()
-    compiled = trainer.step.lower(state, batch, key).compile()
-    compile_seconds = time.perf_counter() - start
     passes = 1 + (lm.num_codebooks > 1 and cfg.objective.nar_weight > 0)
     passes += cfg.objective.get("masked_weight", 0.0) > 0
-    theirs, reference = [], None
+    reference = None
     if args.vs:  # the same tokens through as many causal passes (rows) as our step runs
         from nclm.bench.vs_transformers import llama_like, llama_train_step
 
         reference = llama_train_step(llama_like(lm, lt + t), b * passes, lt + t)
-        reference()  # warm-up
-    state, metrics = compiled(state, batch, key)
-    jax.block_until_ready(metrics)
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        state, metrics = compiled(state, batch, key)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - start)
-        if reference is not None:
-            start = time.perf_counter()
-            reference()
-            theirs.append(time.perf_counter() - start)
+    compile_seconds, times, theirs = time_train_step(
+        trainer.step, trainer.init(key), batch, key, args.steps, reference
+    )
     step = statistics.median(times)
     flops = pass_flops(lm, b, lt + t, lm.codebook_size + 1, causal=True)
     if lm.num_codebooks > 1 and cfg.objective.nar_weight > 0:
@@ -114,7 +99,6 @@ def run(args: argparse.Namespace, overrides: list[str] = ()) -> dict:
         flops += pass_flops(lm, b, lt + t, lm.codebook_size, causal=False)
     dtype = cfg.train.compute_dtype
     result = {
-        "date": time.strftime("%Y-%m-%d"),
         "command": "nclm bench lm-train "
         + " ".join(
             [f"--config {args.config}", f"--batch {b}", f"--text {lt}", f"--frames {t}"]
@@ -122,9 +106,7 @@ def run(args: argparse.Namespace, overrides: list[str] = ()) -> dict:
         ),
         "model": f"{lm.name} {lm.num_layers}x{lm.width} heads {lm.num_heads} ffn {lm.ffn} "
         f"{'shared' if lm.shared_backbone else 'separate'} {dtype}",
-        "devices": f"{len(jax.devices())} x {jax.devices()[0].device_kind}",
-        "jax": jax.__version__,
-        "python": platform.python_version(),
+        **environment(),
         "compile_seconds": compile_seconds,
         "step_seconds_median": step,
         "tokens_per_second": b * (lt + t) / step,

@@ -14,6 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
+from nclm.cli_args import command_group, set_command
+
 CODES_FORMAT = "codes int32[Q, T], sample_rate, frame_rate, codec_id, num_samples"
 
 
@@ -23,9 +25,8 @@ CODES_FORMAT = "codes int32[Q, T], sample_rate, frame_rate, codec_id, num_sample
 def register(groups: argparse._SubParsersAction) -> argparse._SubParsersAction:
     """Adds `nclm codec ...`; returns its subcommands, to which nclm/cli.py adds `codec eval`
     (nclm/eval sits above codec: codec never imports it)."""
-    group = groups.add_parser("codec", help="make, inspect and run neural audio codecs")
-    group.set_defaults(command_parser=group)
-    sub = group.add_subparsers(title="codec commands", metavar="COMMAND")
+    help_text = "make, inspect and run neural audio codecs"
+    sub = command_group(groups, "codec", help_text, "codec commands")
 
     p = sub.add_parser("init", help="a randomly initialised codec checkpoint from a config")
     p.add_argument(
@@ -37,12 +38,12 @@ def register(groups: argparse._SubParsersAction) -> argparse._SubParsersAction:
     p.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory to create")
     p.add_argument("--seed", type=int, help="random seed (default: the config's seed)")
     p.add_argument("--force", action="store_true", help="replace an existing codec checkpoint")
-    p.set_defaults(func=_codec_init, command_parser=p, accepts_overrides=True)
+    set_command(p, _codec_init, overrides=True)
 
     p = sub.add_parser("info", help="print a codec checkpoint's facts")
     p.add_argument("--codec", required=True, metavar="DIR")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_codec_info, command_parser=p)
+    set_command(p, _codec_info)
 
     p = sub.add_parser(
         "encode",
@@ -64,14 +65,14 @@ def register(groups: argparse._SubParsersAction) -> argparse._SubParsersAction:
         metavar="B",
         help="files per batch; files of similar length are batched together",
     )
-    p.set_defaults(func=_codec_encode, command_parser=p)
+    set_command(p, _codec_encode)
 
     p = sub.add_parser("decode", help="codes (.npz) -> audio file")
     p.add_argument("--codec", required=True, metavar="DIR")
     p.add_argument("input", metavar="IN.npz")
     p.add_argument("output", metavar="OUT.wav", help="format from the extension (.wav, .flac...)")
     p.add_argument("--levels", type=int, metavar="N", help="decode the first N levels only")
-    p.set_defaults(func=_codec_decode, command_parser=p)
+    set_command(p, _codec_decode)
 
     p = sub.add_parser("convert", help="published weights -> nclm codec checkpoint")
     p.add_argument(
@@ -84,7 +85,7 @@ def register(groups: argparse._SubParsersAction) -> argparse._SubParsersAction:
     p.add_argument("src", metavar="SRC_DIR")
     p.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory to create")
     p.add_argument("--force", action="store_true", help="replace an existing codec checkpoint")
-    p.set_defaults(func=_codec_convert, command_parser=p)
+    set_command(p, _codec_convert)
     return sub
 
 
@@ -110,7 +111,7 @@ def _codec_init(args: argparse.Namespace, overrides: list[str]) -> None:
     print(f"{cid}: {num_params(variables):,} parameters -> {out}")
 
 
-def _codec_info(args: argparse.Namespace, overrides: list[str]) -> None:
+def _codec_info(args: argparse.Namespace) -> None:
     from nclm.codec.checkpoint import load_codec
     from nclm.codec.model import num_params
 
@@ -145,7 +146,7 @@ def _codec_info(args: argparse.Namespace, overrides: list[str]) -> None:
         print(f"{key:<15} {value}")
 
 
-def _codec_encode(args: argparse.Namespace, overrides: list[str]) -> None:
+def _codec_encode(args: argparse.Namespace) -> None:
     from nclm.audio.io import AUDIO_EXTENSIONS, AudioError, audio_info
 
     _, cfg = _read_codec(args.codec)
@@ -220,7 +221,7 @@ def _encode_jobs(
             bar.update(len(batch.items))
 
 
-def _codec_decode(args: argparse.Namespace, overrides: list[str]) -> None:
+def _codec_decode(args: argparse.Namespace) -> None:
     from nclm.audio.io import output_format, save_audio
 
     meta, cfg = _read_codec(args.codec)
@@ -285,7 +286,7 @@ def _read_codes(path: Path):
     return codes.astype(np.int32), num_samples, str(data["codec_id"])
 
 
-def _codec_convert(args: argparse.Namespace, overrides: list[str]) -> None:
+def _codec_convert(args: argparse.Namespace) -> None:
     from nclm.codec.convert import convert_transformers
 
     src = Path(args.src)

@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from nclm.config import check_keys, dataclass_from_dict
+
 
 @dataclass(frozen=True)
 class SEANetConfig:
@@ -137,26 +139,11 @@ class CodecConfig:
             )
         vocos = d.pop("vocos", None)
         return cls(
-            network=_build(net_cls, net, "network"),
-            quantizer=_build(QuantizerConfig, d.pop("quantizer"), "quantizer"),
-            vocos=None if vocos is None else _build(VocosConfig, vocos, "vocos"),
-            **_check_keys(cls, d, "codec", skip={"network", "quantizer", "vocos"}),
+            network=dataclass_from_dict(net_cls, net, "network"),
+            quantizer=dataclass_from_dict(QuantizerConfig, d.pop("quantizer"), "quantizer"),
+            vocos=None if vocos is None else dataclass_from_dict(VocosConfig, vocos, "vocos"),
+            **check_keys(cls, d, "codec", skip={"network", "quantizer", "vocos"}),
         )
-
-
-def _check_keys(cls, d: dict, where: str, skip: set[str] = frozenset()) -> dict:
-    known = {f.name for f in dataclasses.fields(cls)} - set(skip)
-    unknown = set(d) - known
-    if unknown:
-        raise ValueError(
-            f"unknown {where} config keys {sorted(unknown)}; expected some of {sorted(known)}"
-        )
-    return d
-
-
-def _build(cls, d: dict, where: str):
-    d = _check_keys(cls, dict(d), where)
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 # ---------------------------------------------------------------------------------------------

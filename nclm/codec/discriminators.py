@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nclm.audio.stft import hann_window, stft
+from nclm.config import dataclass_from_dict
 from nclm.nn import Conv1d, Conv2d
 
 DISCRIMINATOR_KINDS = ("mpd", "msd", "msstft", "mrd")
@@ -257,13 +258,7 @@ class DiscriminatorConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DiscriminatorConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(
-                f"unknown discriminator config keys {sorted(unknown)}; expected {sorted(known)}"
-            )
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        return dataclass_from_dict(cls, d, "discriminator")
 
 
 def normalize_peak(wav: jax.Array, peak: float = 0.8) -> jax.Array:

@@ -13,7 +13,7 @@ import dataclasses
 import ml_collections
 
 from nclm.codec.config import CodecConfig
-from nclm.config import ConfigError
+from nclm.config import ConfigError, loop_schedule
 from nclm.sharding import DEFAULT_RULES
 
 
@@ -71,12 +71,10 @@ def codec_experiment(
     )
     cfg.losses = dict(recipe["losses"], adversarial_start_step=0)
     cfg.optim = dict(recipe["optim"], weight_decay=0.0, decay_rate=0.999996, clip_norm=1000.0)
-    cfg.train = dict(
+    cfg.train = loop_schedule(
         steps=100_000 if not tiny else 20,
         log_every=50 if not tiny else 5,
         eval_every=2000 if not tiny else 10,
-        checkpoint_every=2000 if not tiny else 10,
-        keep_checkpoints=3,
         kmeans_init=codec.quantizer.kind == "ema",
         num_audio_samples=2,
         # bfloat16 on GPU/TPU: encoder, decoder and discriminators compute in bf16; parameters,

@@ -236,17 +236,15 @@ def balanced_backward(
     x_hat: jax.Array,
     weights: Mapping[str, float],
     ema: Mapping[str, jax.Array],
-    beta: float = 0.999,
-    total_norm: float = 1.0,
-    eps: float = 1e-12,
+    **settings: float,
 ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, jax.Array]]:
     """The balanced cotangent for x̂: each loss's gradient from its own `jax.vjp` at x̂, then
-    `balance`. Pull the returned cotangent back through the generator with the generator's vjp;
-    losses that do not depend on x̂ (commitment, codebook) are added outside. Returns
-    (cotangent like x_hat, new EMA, metrics)."""
+    `balance` (`settings`: its beta, total_norm, eps). Pull the returned cotangent back through
+    the generator with the generator's vjp; losses that do not depend on x̂ (commitment,
+    codebook) are added outside. Returns (cotangent like x_hat, new EMA, metrics)."""
     grads = {}
     for name, fn in loss_fns.items():
         value, pullback = jax.vjp(fn, x_hat)
         (grads[name],) = pullback(jnp.ones_like(value))
-    combined, new_ema, metrics = balance(grads, weights, ema, beta, total_norm, eps)
+    combined, new_ema, metrics = balance(grads, weights, ema, **settings)
     return combined.astype(x_hat.dtype), new_ema, metrics

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 
+from nclm.cli_args import command_group, set_command
 from nclm.text.frontend import KINDS
 
 
 def register(groups: argparse._SubParsersAction) -> None:
-    group = groups.add_parser("tokens", help="codec codes + text ids as ArrayRecord shards")
-    group.set_defaults(command_parser=group)
-    sub = group.add_subparsers(title="tokens commands", metavar="COMMAND")
+    help_text = "codec codes + text ids as ArrayRecord shards"
+    sub = command_group(groups, "tokens", help_text, "tokens commands")
     p = sub.add_parser(
         "extract",
         help="manifest (with texts) -> ArrayRecord shards for LM training",
@@ -47,7 +47,7 @@ def register(groups: argparse._SubParsersAction) -> None:
         help="also store semantic ids on the codec frames, from this `semantic-fit` tokenizer",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=lambda args, _: run_extract(args), command_parser=p)
+    set_command(p, run_extract)
 
     p = sub.add_parser(
         "semantic-fit",
@@ -79,7 +79,7 @@ def register(groups: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="utterance order and k-means++ (0)")
     p.add_argument("--device", help="torch device of the model (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=lambda args, _: run_semantic_fit(args), command_parser=p)
+    set_command(p, run_semantic_fit)
 
 
 def run_extract(args: argparse.Namespace) -> dict:

@@ -35,7 +35,7 @@ one pass of batch 2B): SoundStorm's default (16, 1, 1, ...) costs 16 + Q - 1 pas
 from __future__ import annotations
 
 import dataclasses
-from functools import partial
+from functools import partial, wraps
 from typing import Any
 
 import jax
@@ -257,26 +257,27 @@ def _decode_levels(model, params, ctx, base, gen, key, schedule, tables):
     return gen, passes, counts
 
 
-def _decode(
-    params,
-    text,
-    text_len,
-    prompt,
-    prompt_len,
-    gen_len,
-    key,
-    task,
-    given,
-    semantic=None,
+def masked_decode(
+    params: Any,
+    text: jax.Array,  # int32[B, Lt]
+    text_len: jax.Array,  # int32[B]
+    prompt: jax.Array,  # int32[B, Q, P]: all levels of the voice prompt, right-padded
+    prompt_len: jax.Array,  # int32[B]
+    gen_len: jax.Array,  # int32[B], clipped to num_frames
+    key: jax.Array,
+    task: jax.Array | None = None,  # int32[B], default 0 (TTS)
+    given: jax.Array | None = None,  # int32[B, Q', G]: levels 1..start_level-1 (Q' >= those)
+    semantic: tuple[jax.Array, jax.Array] | None = None,  # (int32[B, P], int32[B, G]) ids
     *,
-    cfg,
-    num_frames,
-    schedule,
-    start_level,
-    dtype,
-):
-    """masked_generate's body -> (gen [B, Q, G], packed frames [B, Q, P + G], passes, counts):
-    counts[k] int32[n, B] are the spans left masked after each iteration of level start_level+k."""
+    cfg: LMConfig,
+    num_frames: int,
+    schedule: MaskedSchedule = MaskedSchedule(),
+    start_level: int = 1,
+    dtype: Any = jnp.float32,
+) -> tuple[jax.Array, jax.Array, jax.Array, tuple[jax.Array, ...]]:
+    """-> (codes int32[B, Q, G] of the generated frames, 0 past gen_len; the packed frames
+    int32[B, Q, P + G]; forward passes int32; counts: counts[k] int32[n, B] are the spans left
+    masked after each iteration of level start_level+k). Not jitted: `masked_generate` is."""
     num_q = cfg.num_codebooks
     steps = schedule.steps(num_q)
     if not 1 <= start_level <= num_q + 1:
@@ -316,40 +317,9 @@ def _decode(
 
 
 @partial(jax.jit, static_argnames=("cfg", "num_frames", "schedule", "start_level", "dtype"))
-def masked_generate(
-    params: Any,
-    text: jax.Array,  # int32[B, Lt]
-    text_len: jax.Array,  # int32[B]
-    prompt: jax.Array,  # int32[B, Q, P]: all levels of the voice prompt, right-padded
-    prompt_len: jax.Array,  # int32[B]
-    gen_len: jax.Array,  # int32[B], clipped to num_frames
-    key: jax.Array,
-    task: jax.Array | None = None,  # int32[B], default 0 (TTS)
-    given: jax.Array | None = None,  # int32[B, Q', G]: levels 1..start_level-1 (Q' >= those)
-    semantic: tuple[jax.Array, jax.Array] | None = None,  # (int32[B, P], int32[B, G]) ids
-    *,
-    cfg: LMConfig,
-    num_frames: int,
-    schedule: MaskedSchedule = MaskedSchedule(),
-    start_level: int = 1,
-    dtype: Any = jnp.float32,
-) -> tuple[jax.Array, jax.Array]:
-    """-> (codes int32[B, Q, G] of the generated frames, 0 past gen_len; forward passes int32)."""
-    gen, _, passes, _ = _decode(
-        params,
-        text,
-        text_len,
-        prompt,
-        prompt_len,
-        gen_len,
-        key,
-        task,
-        given,
-        semantic,
-        cfg=cfg,
-        num_frames=num_frames,
-        schedule=schedule,
-        start_level=start_level,
-        dtype=dtype,
-    )
+@wraps(masked_decode, assigned=())  # its signature, from which jit takes the static arguments
+def masked_generate(*args, **kwargs) -> tuple[jax.Array, jax.Array]:
+    """`masked_decode`, jitted -> (codes int32[B, Q, G] of the generated frames, 0 past gen_len;
+    forward passes int32)."""
+    gen, _, passes, _ = masked_decode(*args, **kwargs)
     return gen, passes

@@ -16,17 +16,25 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from nclm.cli_args import add_command, command_group
+
 
 def register(groups: argparse._SubParsersAction) -> None:
-    group = groups.add_parser("eval", help="score generated speech (WER, SIM, DNSMOS, PESQ, ...)")
-    group.set_defaults(command_parser=group)
-    sub = group.add_subparsers(title="eval commands", metavar="COMMAND")
-    p = sub.add_parser(
-        "score",
-        help="per-row metrics and a summary for a JSONL of rows (or nclm tts --batch requests)",
-        description="Rows: {audio, text?, prompt?, reference?, enrol?, span?, task}; paths "
-        "relative to the JSONL. Evaluators run offline (pip install 'nclm[eval]').",
+    from nclm.eval import valle_list
+
+    help_text = "score generated speech (WER, SIM, DNSMOS, PESQ, ...)"
+    sub = command_group(groups, "eval", help_text, "eval commands")
+    help_text = "per-row metrics and a summary for a JSONL of rows (or nclm tts --batch requests)"
+    description = (
+        "Rows: {audio, text?, prompt?, reference?, enrol?, span?, task}; paths relative to the "
+        "JSONL. Evaluators run offline (pip install 'nclm[eval]')."
     )
+    add_command(sub, "score", help_text, add_score_arguments, run_score, description=description)
+    help_text = "VALL-E's LibriSpeech test-clean lists (4-10 s; continuation and cross-utterance)"
+    add_command(sub, "valle-list", help_text, valle_list.add_arguments, valle_list.run)
+
+
+def add_score_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("rows", metavar="ROWS.jsonl")
     p.add_argument("--out", metavar="DIR", help="write rows.jsonl, summary.json, summary.md here")
     p.add_argument("--task", help="task of rows without one: tts, ns, sr, tse, edit")
@@ -45,16 +53,6 @@ def register(groups: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-rows", type=int, metavar="N", help="only the first N rows")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=lambda args, _: run_score(args), command_parser=p)
-
-    from nclm.eval import valle_list
-
-    p = sub.add_parser(
-        "valle-list",
-        help="VALL-E's LibriSpeech test-clean lists (4-10 s; continuation and cross-utterance)",
-    )
-    valle_list.add_arguments(p)
-    p.set_defaults(func=lambda args, _: valle_list.run(args), command_parser=p)
 
 
 def run_score(args: argparse.Namespace) -> dict:

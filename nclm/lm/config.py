@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from nclm.config import dataclass_from_dict
 from nclm.nn.attention import IMPLEMENTATIONS
 from nclm.nn.transformer import REMAT_POLICIES, StackConfig
 
@@ -103,11 +104,7 @@ class LMConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LMConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown lm config keys {sorted(unknown)}; expected {sorted(known)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "lm")
 
 
 def valle(num_codebooks: int = 8, codebook_size: int = 1024, **kw) -> LMConfig:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from nclm.config import ConfigError
+from nclm.config import ConfigError, loop_schedule
 from nclm.lm.config import LMConfig
 from nclm.sharding import DEFAULT_RULES
 
@@ -42,12 +42,10 @@ def lm_experiment(lm: LMConfig, *, tiny: bool = False) -> ml_collections.ConfigD
         weight_decay=0.01,
         clip_norm=1.0,
     )
-    cfg.train = dict(
+    cfg.train = loop_schedule(
         steps=800_000 if not tiny else 200,
         log_every=100 if not tiny else 10,
         eval_every=5000 if not tiny else 100,
-        checkpoint_every=5000 if not tiny else 100,
-        keep_checkpoints=3,
         compute_dtype="float32",  # "bfloat16" on GPU/TPU; parameters and optimizer stay float32
     )
     cfg.mesh = dict(data=-1, fsdp=1, tensor=1)

@@ -25,6 +25,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from nclm.cli_args import set_command
+
 _KEYS = ("text", "prompt", "prompt_text", "out")
 # masked-decoding flags (args attribute) -> MaskedSchedule field; None: not given (its default)
 _SCHEDULE = {
@@ -74,7 +76,7 @@ def register(groups: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     _masked_arguments(p)
-    p.set_defaults(func=lambda args, _: run(args), command_parser=p)
+    set_command(p, run)
 
 
 def _masked_arguments(p: argparse.ArgumentParser) -> None:

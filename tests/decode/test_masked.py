@@ -165,7 +165,12 @@ def test_prompt_given_and_padding_untouched_and_cosine_counts(setup):
     given = np.random.default_rng(3).integers(0, CFG.codebook_size, (2, 1, G)).astype(np.int32)
     decode = jax.jit(
         partial(
-            M._decode, cfg=CFG, num_frames=G, schedule=schedule, start_level=2, dtype=jnp.float32
+            M.masked_decode,
+            cfg=CFG,
+            num_frames=G,
+            schedule=schedule,
+            start_level=2,
+            dtype=jnp.float32,
         )
     )
     gen, frames, passes, counts = decode(
