@@ -182,6 +182,10 @@ def train_lm(
                     "max_text_tokens": max(d.text_buckets),
                     "max_audio_frames": max(d.frame_buckets) - 1,
                     "workdir": str(workdir.absolute()),
+                    # the tasks it was trained on (nclm enhance etc. refuse the others)
+                    "tasks": [t for t, n in index["tasks"]["counts"].items() if n]
+                    if multitask
+                    else ["tts"],
                 },
             )
     raise_if_stopped(result)
