@@ -201,8 +201,9 @@ def _evaluate(eval_fn: Callable, state: LMTrainState, batches: list[dict]) -> di
     out = {}
     for k, v in sums.items():
         name, metric = k.rsplit("/", 1)
-        if metric != "tokens":
-            out[f"eval/{name}/{metric}"] = v / max(sums[f"{name}/tokens"], 1.0)
+        # a task absent from the validation split has no tokens: no figure rather than 0
+        if metric != "tokens" and sums[f"{name}/tokens"] > 0:
+            out[f"eval/{name}/{metric}"] = v / sums[f"{name}/tokens"]
     return out
 
 
