@@ -177,3 +177,16 @@ def test_warm_start_keeps_trained_rows_and_fresh_task_tokens():
     np.testing.assert_array_equal(out["task_embed"][0], trained["task_embed"][0])
     fresh_rows = nn.meta.unbox(fresh)["task_embed"][1:]
     np.testing.assert_array_equal(out["task_embed"][1:], fresh_rows)
+
+
+def test_speechx_config_loads():
+    """configs/lm/speechx.py: every task weighted, init_from settable, the quickstart LM's shape
+    (so the quickstart's TTS checkpoint can start it); its step is the one tested above."""
+    from nclm.config import load_config
+    from nclm.tasks.simulate import SimConfig
+
+    cfg = load_config("configs/lm/speechx.py", ["--config.init_from=runs/lm"])
+    sim = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.simulation.to_dict().items()}
+    assert set(SimConfig(**sim).weights) == set(sx.TASKS) and cfg.init_from == "runs/lm"
+    quick = load_config("configs/lm/quickstart.py")
+    assert cfg.lm.to_dict() == quick.lm.to_dict()
