@@ -38,8 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nclm.audio import noise as noise_lib
-
-TASK_NAMES = ("tts", "ns", "sr", "tse", "cse", "nse")  # == nclm.lm.speechx.TASKS
+from nclm.lm.speechx import TASKS as TASK_NAMES
 
 
 @dataclass(frozen=True)
