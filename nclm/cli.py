@@ -5,6 +5,7 @@
     nclm tokens extract ...                                 (nclm/data/tokens_cli.py)
     nclm train --config FILE.py[:ARG] --workdir DIR [--config.key=value ...]
     nclm tts --lm DIR --codec DIR --text ... --prompt WAV ...  (nclm/tasks/cli.py)
+    nclm enhance|remove-speech|extract|edit IN OUT --lm DIR --codec DIR ...  (tasks/speechx_cli.py)
     nclm bench codec|codec-train|lm-train|lm-decode|compile|masked ...   (nclm/bench/)
     nclm eval score ROWS.jsonl --out DIR | valle-list ...         (nclm/eval/cli.py)
 
@@ -96,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     for item in overrides:
         if "=" not in item and getattr(args, "accepts_overrides", False):
             command.error(f"{item}: expected --config.key=value (with '=')")
+    if getattr(args, "intermixed", False):  # IN/OUT around options: nclm edit IN --span S:E OUT
+        args.inputs += [a for a in rest if not a.startswith("-")]
+        rest = [a for a in rest if a.startswith("-")]
     if rest:
         command.error(f"unrecognized arguments: {' '.join(rest)}")
     if not hasattr(args, "func"):
@@ -229,6 +233,7 @@ def _command_groups():
     from nclm.data.tokens_cli import register as tokens_commands
     from nclm.eval.cli import register as eval_commands
     from nclm.tasks.cli import register as tts_commands
+    from nclm.tasks.speechx_cli import register as speechx_commands
 
     return (
         _codec_commands,
@@ -236,6 +241,7 @@ def _command_groups():
         tokens_commands,
         _train_command,
         tts_commands,
+        speechx_commands,
         eval_commands,
         _bench_commands,
     )

@@ -7,7 +7,10 @@ shards, in a fixed grid of static shapes.
     batch = next(it)    # this host's rows of one global batch:
     # {"text": int32[B, Lt]  BOS + ids + EOS, 0-padded     "text_len": int32[B]  (0: empty row)
     #  "codes": int32[B, Q, T]  0-padded                   "code_len": int32[B]  frames
-    #  "semantic": int32[B, T]  0-padded, only when the records have semantic ids}
+    #  "semantic": int32[B, T]  0-padded, only when the records have semantic ids
+    #  with SpeechX records (index "tasks", nclm.tasks.simulate_shards), "text" is the whole
+    #  prefix [BOS, text, EOS, acoustic prompt] and the batch adds "prefix_kind" int32[B, Lt],
+    #  "prefix_codes" int32[B, Q, Lt], "task" int32[B], "target_start" int32[B]}
 
 `semantic` (from `nclm tokens extract --semantic`) is aligned with the codes: frame t of row b
 has the semantic id semantic[b, t] (index["semantic"]["num_clusters"] of them); padding frames
@@ -86,6 +89,7 @@ class TokenDataset:
         self.frames = np.array([n for s in shards for n in s["frames"]], np.int32)
         self.num_codebooks = int(self.index["num_codebooks"])
         self.semantic = self.index.get("semantic")  # None, or the tokenizer facts of the index
+        self.multitask = "tasks" in self.index  # SpeechX records (nclm.lm.speechx layouts)
         self._source = grain.sources.ArrayRecordDataSource([str(f) for f in files])
         if len(self._source) != len(self.text_len):
             raise ValueError(
@@ -207,9 +211,12 @@ def load_batch(dataset: TokenDataset, grid: BucketGrid, b: int, ids: np.ndarray)
     text_len = np.zeros(rows, np.int32)
     code_len = np.zeros(rows, np.int32)
     semantic = np.zeros((rows, frame_bucket), np.int32) if dataset.semantic else None  # [B, T]
+    tasks = _TaskArrays(rows, dataset.num_codebooks, text_bucket) if dataset.multitask else None
     real = [row for row, i in enumerate(ids) if i != EMPTY]
     for row, record in zip(real, dataset.records([ids[row] for row in real])):
         ids_l, codes_qt = record["text"], record["codes"]
+        if tasks is not None:  # the whole prefix; the index holds its length - 2
+            ids_l = record["prefix"][1:-1]
         length, num_frames = len(ids_l), codes_qt.shape[1]
         sem_frames = len(record["semantic"]) if "semantic" in record else None
         if (length, num_frames) != (dataset.text_len[ids[row]], dataset.frames[ids[row]]) or (
@@ -219,7 +226,11 @@ def load_batch(dataset: TokenDataset, grid: BucketGrid, b: int, ids: np.ndarray)
                 f"{dataset.path}: record {ids[row]} ({record['utt_id']}) does not match {INDEX} "
                 f"({length} text ids, {num_frames} frames, semantic ids for {sem_frames})"
             )
-        text[row, 0], text[row, 1 : length + 1], text[row, length + 1] = BOS_ID, ids_l, EOS_ID
+        if tasks is not None:
+            text[row, : length + 2] = record["prefix"]
+            tasks.fill(row, record)
+        else:
+            text[row, 0], text[row, 1 : length + 1], text[row, length + 1] = BOS_ID, ids_l, EOS_ID
         text_len[row] = length + 2
         codes[row, :, :num_frames] = codes_qt
         code_len[row] = num_frames
@@ -228,7 +239,33 @@ def load_batch(dataset: TokenDataset, grid: BucketGrid, b: int, ids: np.ndarray)
     batch = {"text": text, "text_len": text_len, "codes": codes, "code_len": code_len}
     if semantic is not None:
         batch["semantic"] = semantic
+    if tasks is not None:
+        batch.update(tasks.arrays())
     return batch
+
+
+class _TaskArrays:
+    """The SpeechX arrays of a batch (module docstring)."""
+
+    def __init__(self, rows: int, num_codebooks: int, text_bucket: int):
+        self.kind = np.zeros((rows, text_bucket), np.int32)
+        self.codes = np.zeros((rows, num_codebooks, text_bucket), np.int32)
+        self.task = np.zeros(rows, np.int32)
+        self.start = np.zeros(rows, np.int32)
+
+    def fill(self, row: int, record: dict) -> None:
+        n = len(record["prefix"])
+        self.kind[row, :n] = record["prefix_kind"]
+        self.codes[row, :, :n] = record["prefix_codes"]
+        self.task[row], self.start[row] = record["task"], record["target_start"]
+
+    def arrays(self) -> dict:
+        return {
+            "prefix_kind": self.kind,
+            "prefix_codes": self.codes,
+            "task": self.task,
+            "target_start": self.start,
+        }
 
 
 class _StreamLoader:

@@ -24,6 +24,7 @@ from nclm.decode.sampling import SamplingConfig, sample_tokens
 from nclm.lm import layout
 from nclm.lm.config import LMConfig
 from nclm.lm.model import CodecLM
+from nclm.lm.speechx import Prefix
 from nclm.nn.transformer import init_cache
 
 DEFAULT_SAMPLING = SamplingConfig()  # temperature 1, no filtering (the VALL-E repo)
@@ -38,6 +39,7 @@ def ar_generate(
     prompt_len: jax.Array,  # int32[B]
     key: jax.Array,
     task: jax.Array | None = None,  # int32[B], default 0 (TTS)
+    prefix: Prefix | None = None,  # SpeechX prefix kinds/codes of `text` (nclm.lm.speechx)
     *,
     cfg: LMConfig,
     max_new: int,
@@ -66,6 +68,7 @@ def ar_generate(
         task,
         cache,
         jnp.zeros((batch,), jnp.int32),
+        prefix,
         method=CodecLM.ar_hidden,
     )
     last = jnp.take_along_axis(h, (num_text + prompt_len)[:, None, None], axis=1)[:, 0]

@@ -47,6 +47,7 @@ from nclm.decode.sampling import sample
 from nclm.lm import layout
 from nclm.lm.config import LMConfig
 from nclm.lm.model import CodecLM
+from nclm.lm.speechx import Prefix
 
 GUIDANCE = ("none", "constant", "ramp_up", "ramp_down")
 
@@ -151,9 +152,9 @@ def estimate_frames(prompt_frames: int, prompt_tokens: int, target_tokens: int) 
 
 def _guided_logits(model, params, ctx, frames, level, lam, guided: bool) -> jax.Array:
     """float32[B, T, V]: (1 + w) ℓ_c - w ℓ_u from one pass of batch 2B, or ℓ_c without guidance."""
-    text, text_len, prompt_len, gen_len, task, semantic = ctx
+    text, text_len, prompt_len, gen_len, task, semantic, prefix = ctx
 
-    def run(text, text_len, frames, total, task, semantic):
+    def run(text, text_len, frames, total, task, semantic, prefix):
         return model.apply(
             {"params": params},
             text,
@@ -163,12 +164,13 @@ def _guided_logits(model, params, ctx, frames, level, lam, guided: bool) -> jax.
             jnp.int32(level),
             task,
             semantic,
+            prefix,
             method=CodecLM.masked_logits,
         )
 
     total = prompt_len + gen_len
     if not guided:
-        return run(text, text_len, frames, total, task, semantic)
+        return run(text, text_len, frames, total, task, semantic, prefix)
     drop = jnp.ones_like(prompt_len, bool)
     null = layout.drop_condition(drop, text, text_len, frames, prompt_len, model.cfg.mask_id)
     both_semantic = None
@@ -180,6 +182,7 @@ def _guided_logits(model, params, ctx, frames, level, lam, guided: bool) -> jax.
         jnp.concatenate([total, total]),
         jnp.concatenate([task, task]),
         both_semantic,
+        None if prefix is None else jax.tree.map(lambda x: jnp.concatenate([x, x]), prefix),
     )
     cond, uncond = jnp.split(both, 2)
     return (1 + lam) * cond - lam * uncond  # exact at w = 0 and w = -1
@@ -215,7 +218,7 @@ def _decode_levels(model, params, ctx, base, gen, key, schedule, tables):
     (level, iteration) pair of `tables`, the level a traced value, so the model is compiled
     once whatever Q. Returns (gen, passes, int32[K, B] spans still masked after each of the K
     iterations)."""
-    _, _, prompt_len, gen_len, _, _ = ctx
+    _, _, prompt_len, gen_len, _, _, _ = ctx
     batch, _, num_gen = gen.shape
     span, vocab = schedule.span, model.cfg.codebook_size
     num_spans = -(-num_gen // span)
@@ -268,6 +271,7 @@ def masked_decode(
     task: jax.Array | None = None,  # int32[B], default 0 (TTS)
     given: jax.Array | None = None,  # int32[B, Q', G]: levels 1..start_level-1 (Q' >= those)
     semantic: tuple[jax.Array, jax.Array] | None = None,  # (int32[B, P], int32[B, G]) ids
+    prefix: Prefix | None = None,  # SpeechX prefix kinds/codes of `text` (nclm.lm.speechx)
     *,
     cfg: LMConfig,
     num_frames: int,
@@ -308,7 +312,7 @@ def masked_decode(
         packed = jnp.zeros((batch, 1, num_prompt + num_frames), jnp.int32)
         packed = packed.at[:, 0, :num_prompt].set(prompt_sem.astype(jnp.int32))
         semantic = _place(packed, gen_sem[:, None].astype(jnp.int32), prompt_len)[:, 0]
-    ctx = (text, text_len, prompt_len, gen_len, task, semantic)
+    ctx = (text, text_len, prompt_len, gen_len, task, semantic, prefix)
     tables = _schedule_tables(schedule, steps, start_level)
     gen, passes, flat = _decode_levels(model, params, ctx, base, gen, key, schedule, tables)
     ends = np.cumsum(steps[start_level - 1 :])

@@ -19,6 +19,7 @@ from nclm.decode.sampling import SamplingConfig, sample
 from nclm.lm import layout
 from nclm.lm.config import LMConfig
 from nclm.lm.model import CodecLM
+from nclm.lm.speechx import Prefix
 
 GREEDY = SamplingConfig(temperature=0.0)  # VALL-E decodes the NAR levels greedily
 
@@ -39,6 +40,7 @@ def nar_generate(
     gen_len: jax.Array,  # int32[B]
     key: jax.Array,
     task: jax.Array | None = None,
+    prefix: Prefix | None = None,  # SpeechX prefix kinds/codes of `text` (nclm.lm.speechx)
     *,
     cfg: LMConfig,
     sampling: SamplingConfig = GREEDY,
@@ -68,6 +70,7 @@ def nar_generate(
             visible,
             level,
             task,
+            prefix,
             method=CodecLM.nar_logits,
         )  # [B, F, V]
         flat = logits.reshape(-1, logits.shape[-1])

@@ -15,6 +15,7 @@ def lm_experiment(lm: LMConfig, *, tiny: bool = False) -> ml_collections.ConfigD
     cfg = ml_collections.ConfigDict()
     cfg.lm = lm.to_dict()
     cfg.seed = 0
+    cfg.init_from = ""  # an exported LM (WORKDIR/lm) to start from; SpeechX fine-tunes TTS
     cfg.data = dict(
         train="",  # a directory written by `nclm tokens extract`
         valid="",

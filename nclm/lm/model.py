@@ -2,7 +2,8 @@
 
     params
     ├─ text_embed     [Vt, D]         phoneme/grapheme ids (BOS/EOS/pad from the symbol table)
-    ├─ task_embed     [num_tasks, D]  added to the text BOS slot (SpeechX task tokens; 0 = TTS)
+    ├─ task_embed     [num_tasks, D]  row 0 added to the text BOS slot (TTS); rows 1.. are the
+    │                                 SpeechX task tokens of the prefix (nclm.lm.speechx)
     ├─ audio_embed    [Q, V + 4, D]   one table per codebook level: codes, EOS, BOS, MASK, PAD
     ├─ semantic_embed [K + 1, D]      (cfg.semantic_vocab_size = K > 0) frame condition, K = null
     ├─ backbone                       one stack run causally (AR) or bidirectionally (NAR) ...
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 
 from nclm.lm import layout
 from nclm.lm.config import LMConfig
+from nclm.lm.speechx import KIND_FRAME, KIND_TOKEN, Prefix
 from nclm.nn import init as initializers
 from nclm.nn.attention import LayerCache
 from nclm.nn.attention_mask import MaskSpec
@@ -78,9 +80,16 @@ class CodecLM(nn.Module):
         )
 
     # -- embeddings ----------------------------------------------------------------------------
-    def embed_text(self, text: jax.Array, task: jax.Array) -> jax.Array:
-        """text[B, Lt] ids, task[B] -> [B, Lt, D]; the task row is added to slot 0 (BOS)."""
+    def embed_text(self, text: jax.Array, task: jax.Array, prefix: Prefix | None = None):
+        """text[B, Lt] ids, task[B] -> [B, Lt, D]; the task row is added to slot 0 (BOS). With a
+        SpeechX prefix (nclm.lm.speechx) frame slots embed all Q levels of prefix.codes and
+        token slots the task_embed row held in `text`."""
         x = jnp.take(self.text_embed, text, axis=0)
+        if prefix is not None:
+            frames = self.embed_audio(prefix.codes)  # [B, Lt, D]
+            rows = jnp.take(self.task_embed, jnp.clip(text, 0, self.cfg.num_tasks - 1), axis=0)
+            kind = prefix.kind[..., None]
+            x = jnp.where(kind == KIND_FRAME, frames, jnp.where(kind == KIND_TOKEN, rows, x))
         return x.at[:, 0].add(jnp.take(self.task_embed, task, axis=0))
 
     def embed_audio(self, tokens: jax.Array, visible: jax.Array | None = None) -> jax.Array:
@@ -100,14 +109,16 @@ class CodecLM(nn.Module):
         return self.ar_backbone if causal else self.nar_backbone
 
     # -- AR ------------------------------------------------------------------------------------
-    def ar_hidden(self, text, text_len, audio_in, audio_len, task, cache=None, write_index=None):
+    def ar_hidden(
+        self, text, text_len, audio_in, audio_len, task, cache=None, write_index=None, prefix=None
+    ):
         """Full causal pass over [text | audio_in] (audio_in: level-1 ids [B, Ta], BOS first).
         With `cache` (k, v: [layers, B, L, K, H], L >= Lt + Ta) the K/V are written at rows
         write_index[B] and attention covers the cache (prefill). Returns (h [B, Lt+Ta, D], cache).
         """
         num_text, num_audio = text.shape[1], audio_in.shape[1]
         x = jnp.concatenate(
-            [self.embed_text(text, task), self.embed_audio(audio_in[:, None])], axis=1
+            [self.embed_text(text, task, prefix), self.embed_audio(audio_in[:, None])], axis=1
         )
         pos = layout.positions(text_len, num_text, num_audio)
         # with a cache, rows past this call's slots are not yet written: audio_len hides them
@@ -115,9 +126,9 @@ class CodecLM(nn.Module):
         stage = jnp.zeros(text.shape[:1], jnp.int32)
         return self._stack(True)(x, pos, mask, stage, None, cache, write_index)
 
-    def ar_logits(self, text, text_len, audio_in, audio_len, task) -> jax.Array:
+    def ar_logits(self, text, text_len, audio_in, audio_len, task, prefix=None) -> jax.Array:
         """float32[B, Ta, V + 1]: logits of the next level-1 code (or EOS) at every audio slot."""
-        h, _ = self.ar_hidden(text, text_len, audio_in, audio_len, task)
+        h, _ = self.ar_hidden(text, text_len, audio_in, audio_len, task, prefix=prefix)
         return self.ar_project(h[:, text.shape[1] :])
 
     def ar_project(self, h: jax.Array) -> jax.Array:
@@ -141,11 +152,14 @@ class CodecLM(nn.Module):
         return self.ar_project(h)[:, 0], cache
 
     # -- NAR -----------------------------------------------------------------------------------
-    def nar_logits(self, text, text_len, codes, code_len, visible, level, task) -> jax.Array:
+    def nar_logits(
+        self, text, text_len, codes, code_len, visible, level, task, prefix=None
+    ) -> jax.Array:
         """float32[B, T, V]: logits of codebook `level` (1-based scalar >= 2, may be traced) for
         every frame of codes[B, Q, T], embedding only the `visible` [B, Q, T] codes."""
         num_text, num_frames = text.shape[1], codes.shape[2]
-        x = jnp.concatenate([self.embed_text(text, task), self.embed_audio(codes, visible)], axis=1)
+        x = self.embed_text(text, task, prefix)
+        x = jnp.concatenate([x, self.embed_audio(codes, visible)], axis=1)
         pos = layout.positions(text_len, num_text, num_frames)
         mask = layout.mask_spec(text_len, code_len, num_text, causal=False)
         # the Conformer conv sees real audio frames only, so text padding (bucket-dependent)
@@ -160,7 +174,7 @@ class CodecLM(nn.Module):
 
     # -- masked (SoundStorm) --------------------------------------------------------------------
     def masked_logits(
-        self, text, text_len, tokens, code_len, level, task, semantic=None
+        self, text, text_len, tokens, code_len, level, task, semantic=None, prefix=None
     ) -> jax.Array:
         """float32[B, T, V]: logits of codebook `level` (1-based scalar, may be traced) at every
         frame of tokens[B, Q, T], where any entry may be the MASK id (nclm.lm.layout.masked_input).
@@ -174,7 +188,7 @@ class CodecLM(nn.Module):
             if semantic is None:  # no semantic condition: the null id (what guidance drops to)
                 semantic = jnp.full(tokens.shape[::2], self.cfg.semantic_null_id, jnp.int32)
             frames = frames + jnp.take(self.semantic_embed, semantic, axis=0)
-        x = jnp.concatenate([self.embed_text(text, task), frames], axis=1)
+        x = jnp.concatenate([self.embed_text(text, task, prefix), frames], axis=1)
         pos = layout.positions(text_len, num_text, num_frames)
         mask = layout.mask_spec(text_len, code_len, num_text, causal=False)
         conv_mask = layout.key_valid(jnp.zeros_like(text_len), code_len, num_text, num_frames)

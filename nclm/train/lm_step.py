@@ -30,6 +30,7 @@ import optax
 from nclm.lm import layout
 from nclm.lm.config import LMConfig
 from nclm.lm.model import CodecLM
+from nclm.lm.speechx import TASKS, Prefix
 from nclm.train.optim import all_finite, global_norm, keep_if_finite, skip_update
 
 
@@ -55,13 +56,34 @@ def token_metrics(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> 
     }
 
 
-def ar_terms(model: CodecLM, params, batch: dict, rngs: dict | None = None) -> dict:
+def _prefix(batch: dict) -> Prefix | None:
+    """The SpeechX prefix of a multi-task batch (nclm.lm.speechx), None for a TTS-only corpus."""
+    if "prefix_kind" not in batch:
+        return None
+    return Prefix(batch["prefix_kind"], batch["prefix_codes"])
+
+
+def _target_start(batch: dict) -> jax.Array:
+    return batch.get("target_start", jnp.zeros_like(batch["code_len"]))
+
+
+def task_prompt_len(batch: dict, sampled: jax.Array) -> jax.Array:
+    """The NAR/masked prompt of each row: TTS rows keep the sampled one (VALL-E's random
+    prefix), SpeechX rows their target_start (the known pre frames of an edit, else 0)."""
+    if "task" not in batch:
+        return sampled
+    return jnp.where(batch["task"] == 0, sampled, _target_start(batch))
+
+
+def ar_outputs(model: CodecLM, params, batch: dict, rngs: dict | None = None):
+    """(logits, targets, weights) of the AR objective; no loss before target_start."""
     cfg = model.cfg
     code_len = batch["code_len"]
     inputs, targets, weights = layout.ar_audio(
         batch["codes"][:, 0], code_len, cfg.bos_id, cfg.eos_id, cfg.pad_id
     )
-    weights = weights * (code_len > 0)[:, None]
+    t = jnp.arange(inputs.shape[1])[None]
+    weights = weights * ((code_len > 0)[:, None] & (t >= _target_start(batch)[:, None]))
     task = jnp.zeros_like(code_len)
     logits = model.apply(
         {"params": params},
@@ -70,16 +92,22 @@ def ar_terms(model: CodecLM, params, batch: dict, rngs: dict | None = None) -> d
         inputs,
         code_len + 1,
         task,
+        _prefix(batch),
         method=CodecLM.ar_logits,
         rngs=rngs,
     )
-    return token_metrics(logits, jnp.minimum(targets, cfg.eos_id), weights)
+    return logits, jnp.minimum(targets, cfg.eos_id), weights
 
 
-def nar_terms(
+def ar_terms(model: CodecLM, params, batch: dict, rngs: dict | None = None) -> dict:
+    return token_metrics(*ar_outputs(model, params, batch, rngs))
+
+
+def nar_outputs(
     model: CodecLM, params, batch: dict, level: jax.Array, prompt_len: jax.Array, rngs=None
-) -> dict:
-    """Metrics of the NAR pass predicting codebook `level` (1-based, >= 2) after `prompt_len`."""
+):
+    """(logits, targets, weights) of the NAR pass predicting codebook `level` (1-based, >= 2)
+    after `prompt_len`."""
     codes, code_len = batch["codes"], batch["code_len"]
     num_q, num_frames = codes.shape[1], codes.shape[2]
     visible = layout.nar_levels_visible(prompt_len, code_len, level, num_q, num_frames)
@@ -92,15 +120,19 @@ def nar_terms(
         visible,
         level,
         jnp.zeros_like(code_len),
+        _prefix(batch),
         method=CodecLM.nar_logits,
         rngs=rngs,
     )
     targets = jax.lax.dynamic_index_in_dim(codes, level - 1, axis=1, keepdims=False)
-    weights = layout.nar_loss_weights(prompt_len, code_len, num_frames)
-    return token_metrics(logits, targets, weights)
+    return logits, targets, layout.nar_loss_weights(prompt_len, code_len, num_frames)
 
 
-def masked_terms(
+def nar_terms(model, params, batch, level, prompt_len, rngs=None) -> dict:
+    return token_metrics(*nar_outputs(model, params, batch, level, prompt_len, rngs))
+
+
+def masked_outputs(
     model: CodecLM,
     params,
     batch: dict,
@@ -109,8 +141,9 @@ def masked_terms(
     level_mask: jax.Array,
     drop: jax.Array,
     rngs=None,
-) -> dict:
-    """Metrics of the masked pass for codebook `level` with level_mask[B, T] hidden."""
+):
+    """(logits, targets, weights) of the masked pass for codebook `level` with level_mask[B, T]
+    hidden."""
     cfg = model.cfg
     codes, code_len = batch["codes"], batch["code_len"]
     tokens = layout.masked_input(codes, level, level_mask, prompt_len, cfg.mask_id)
@@ -134,25 +167,37 @@ def masked_terms(
         level,
         jnp.zeros_like(code_len),
         semantic,
+        _prefix(batch),
         method=CodecLM.masked_logits,
         rngs=rngs,
     )
     targets = jax.lax.dynamic_index_in_dim(codes, level - 1, axis=1, keepdims=False)
     t = jnp.arange(codes.shape[2])[None]
     real = (t >= prompt_len[:, None]) & (t < code_len[:, None])
-    return token_metrics(logits, targets, (level_mask & real).astype(jnp.float32))
+    return logits, targets, (level_mask & real).astype(jnp.float32)
 
 
-def sample_masking(key: jax.Array, code_len: jax.Array, num_frames: int, objective: dict):
-    """SoundStorm's training mask: (prompt_len[B], level_mask[B, T], drop[B])."""
+def masked_terms(model, params, batch, level, prompt_len, level_mask, drop, rngs=None) -> dict:
+    return token_metrics(
+        *masked_outputs(model, params, batch, level, prompt_len, level_mask, drop, rngs)
+    )
+
+
+def sample_masking(key: jax.Array, batch: dict, objective: dict):
+    """SoundStorm's training mask: (prompt_len[B], level_mask[B, T], drop[B]). SpeechX rows
+    take their target_start as the prompt and are never dropped to the null condition (it
+    would drop their acoustic prompt, and guidance is a TTS tool)."""
+    code_len, num_frames = batch["code_len"], batch["codes"].shape[2]
     k_prompt, k_ratio, k_span, k_drop = jax.random.split(key, 4)
     prompt_len = jnp.floor(jax.random.uniform(k_prompt, code_len.shape) * code_len)
-    prompt_len = prompt_len.astype(jnp.int32)
+    prompt_len = task_prompt_len(batch, prompt_len.astype(jnp.int32))
     ratio = jnp.cos(jax.random.uniform(k_ratio, code_len.shape, maxval=jnp.pi / 2))
     t = jnp.arange(num_frames)[None]
     eligible = (t >= prompt_len[:, None]) & (t < code_len[:, None])
     level_mask = layout.span_mask(k_span, ratio, eligible, int(objective["mask_span"]))
     drop = jax.random.bernoulli(k_drop, objective["cond_drop"], code_len.shape)
+    if "task" in batch:
+        drop = drop & (batch["task"] == 0)
     return prompt_len, level_mask, drop
 
 
@@ -184,6 +229,7 @@ def make_lm_train_step(
                     objective["prompt_high"],
                     objective["prompt_cap"],
                 )
+                prompt_len = task_prompt_len(batch, prompt_len)
                 terms["nar"] = nar_terms(
                     model, params, batch, level, prompt_len, {"dropout": k_nar}
                 )
@@ -191,9 +237,7 @@ def make_lm_train_step(
                 total = total + nar_w * terms["nar"]["loss"]
             if masked_w > 0:
                 level = jax.random.randint(k_mlevel, (), 1, cfg.num_codebooks + 1)
-                masking = sample_masking(
-                    k_mask, batch["code_len"], batch["codes"].shape[2], objective
-                )
+                masking = sample_masking(k_mask, batch, objective)
                 terms["masked"] = masked_terms(
                     model, params, batch, level, *masking, {"dropout": k_masked}
                 )
@@ -226,23 +270,37 @@ def make_lm_eval_step(cfg: LMConfig, objective: dict, dtype: Any = jnp.float32) 
     """(params, batch) -> sums for validation: AR metrics and, for every level 2..Q, the NAR
     metrics with a fixed prompt of `prompt_eval` of each utterance (levels run in `lax.map` with
     the level traced: one compiled pass, not one per level). Values are weighted by their
-    token counts so batches combine exactly (divide by `<name>/tokens`)."""
+    token counts so batches combine exactly (divide by `<name>/tokens`). A multi-task batch
+    (with `task`) adds `<task>/ar`, `<task>/nar` and `<task>/masked` (levels pooled) per
+    SpeechX task (nclm.lm.speechx.TASKS)."""
     model = CodecLM(cfg, dtype)
 
     def eval_step(params, batch):
         out = {}
+        tasks = batch.get("task")
 
         def add(name, t):
             out.update({f"{name}/{k}": t[k] * t["tokens"] for k in ("loss", "top1", "top10")})
             out[f"{name}/tokens"] = t["tokens"]
 
-        add("ar", ar_terms(model, params, batch))
+        def add_outputs(name, outputs):
+            """outputs: (logits, targets, weights), maybe with a leading level axis."""
+            logits, targets, weights = outputs
+            add(name, token_metrics(logits, targets, weights))
+            if tasks is None:
+                return
+            for k, task in enumerate(TASKS):
+                row = (tasks == k).astype(jnp.float32)[:, None]
+                add(f"{task}/{name}", token_metrics(logits, targets, weights * row))
+
+        add_outputs("ar", ar_outputs(model, params, batch))
         code_len = batch["code_len"]
         prompt_len = jnp.clip(
             jnp.floor(objective["prompt_eval"] * code_len).astype(jnp.int32),
             0,
             jnp.maximum(code_len - 1, 0),
         )
+        prompt_len = task_prompt_len(batch, prompt_len)
         if cfg.num_codebooks > 1:
             levels = jnp.arange(2, cfg.num_codebooks + 1, dtype=jnp.int32)
             per_level = jax.lax.map(
@@ -250,17 +308,34 @@ def make_lm_eval_step(cfg: LMConfig, objective: dict, dtype: Any = jnp.float32) 
             )  # one compiled body, the level traced; metrics stacked over levels
             for i, level in enumerate(range(2, cfg.num_codebooks + 1)):
                 add(f"nar_{level}", {k: v[i] for k, v in per_level.items()})
+            if tasks is not None:
+                pooled = jax.lax.map(
+                    lambda level: nar_outputs(model, params, batch, level, prompt_len), levels
+                )
+                add_task_pooled(add, "nar", pooled, tasks)
         if objective.get("masked_weight", 0.0) > 0:  # every level, half its frames masked
             t = jnp.arange(batch["codes"].shape[2])[None]
             half = (t - prompt_len[:, None]) % 2 == 0
             no_drop = jnp.zeros_like(code_len, bool)
             levels = jnp.arange(1, cfg.num_codebooks + 1, dtype=jnp.int32)
             per_level = jax.lax.map(
-                lambda level: masked_terms(model, params, batch, level, prompt_len, half, no_drop),
+                lambda level: masked_outputs(
+                    model, params, batch, level, prompt_len, half, no_drop
+                ),
                 levels,
             )
             for i in range(cfg.num_codebooks):
-                add(f"masked_{i + 1}", {k: v[i] for k, v in per_level.items()})
+                add(f"masked_{i + 1}", token_metrics(*(v[i] for v in per_level)))
+            if tasks is not None:
+                add_task_pooled(add, "masked", per_level, tasks)
         return out
 
     return eval_step
+
+
+def add_task_pooled(add: Callable, name: str, outputs, tasks: jax.Array) -> None:
+    """Per-task metrics of level-stacked (logits [K, B, T, V], targets, weights [K, B, T])."""
+    logits, targets, weights = outputs
+    for k, task in enumerate(TASKS):
+        row = (tasks == k).astype(jnp.float32)[None, :, None]
+        add(f"{task}/{name}", token_metrics(logits, targets, weights * row))

@@ -49,11 +49,15 @@ from nclm.train.run_dir import host_params
 log = logging.getLogger("nclm.train")
 BATCH_KEYS = ("text", "text_len", "codes", "code_len")
 BATCH_RANKS = {"text": 2, "text_len": 1, "codes": 3, "code_len": 1, "semantic": 2}
+TASK_KEYS = ("prefix_kind", "prefix_codes", "task", "target_start")  # SpeechX corpora
+BATCH_RANKS.update(prefix_kind=2, prefix_codes=3, task=1, target_start=1)
 
 
-def batch_keys(lm: LMConfig) -> tuple[str, ...]:
-    """The arrays a training batch carries: semantic ids too when the model is conditioned."""
-    return BATCH_KEYS + (("semantic",) if lm.semantic_vocab_size else ())
+def batch_keys(lm: LMConfig, multitask: bool = False) -> tuple[str, ...]:
+    """The arrays a training batch carries: semantic ids too when the model is conditioned, the
+    SpeechX prefix arrays for a multi-task corpus (nclm.tasks.simulate_shards)."""
+    keys = BATCH_KEYS + (("semantic",) if lm.semantic_vocab_size else ())
+    return keys + (TASK_KEYS if multitask else ())
 
 
 def _read_index(tokens_dir: str, option: str) -> dict:
@@ -106,8 +110,15 @@ def train_lm(
     symbols = SymbolTable.load(Path(cfg.data.train) / index["symbols"])
     lm_cfg = lm_config_from(cfg, len(symbols))
     _check_tokens(lm_cfg, index, "--config.data.train")
+    multitask = "tasks" in index
     if cfg.data.valid:
-        _check_tokens(lm_cfg, _read_index(cfg.data.valid, "--config.data.valid"), "valid")
+        valid_index = _read_index(cfg.data.valid, "--config.data.valid")
+        _check_tokens(lm_cfg, valid_index, "valid")
+        if ("tasks" in valid_index) != multitask:
+            raise ConfigError(
+                "--config.data.valid: one of the train/valid corpora is SpeechX-simulated "
+                "(nclm tasks simulate) and the other is not; use the same kind for both"
+            )
     open_run(cfg, workdir)
 
     # ---- mesh, data ----------------------------------------------------------------------------
@@ -121,14 +132,15 @@ def train_lm(
         row_multiple=batch_shards(mesh, rules),
     )
     valid = make_eval_batches(d.valid, **buckets, max_batches=d.eval_batches) if d.valid else []
-    eval_batches = [_global_batch(b, mesh, rules, batch_keys(lm_cfg)) for b in valid]
+    keys = batch_keys(lm_cfg, multitask)
+    eval_batches = [_global_batch(b, mesh, rules, keys) for b in valid]
 
     # ---- model, optimizer, shardings -----------------------------------------------------------
-    trainer = build_lm_trainer(cfg, lm_cfg, mesh)
+    trainer = build_lm_trainer(cfg, lm_cfg, mesh, multitask)
     step_key = jax.random.PRNGKey(cfg.seed + 2)
 
     def step(state, local):
-        return trainer.step(state, _global_batch(local, mesh, rules, batch_keys(lm_cfg)), step_key)
+        return trainer.step(state, _global_batch(local, mesh, rules, keys), step_key)
 
     def evaluate(state, step, writer):
         return writer.scalars(step, _evaluate(trainer.eval, state, eval_batches))
@@ -173,6 +185,10 @@ def train_lm(
                     "max_text_tokens": max(d.text_buckets),
                     "max_audio_frames": max(d.frame_buckets) - 1,
                     "workdir": str(workdir),
+                    # the tasks it was trained on (nclm enhance etc. refuse the others)
+                    "tasks": [t for t, n in index["tasks"]["counts"].items() if n]
+                    if multitask
+                    else ["tts"],
                 },
             )
     wait_for_all("nclm: lm export written")
@@ -189,8 +205,9 @@ def _evaluate(eval_fn: Callable, state: LMTrainState, batches: list[dict]) -> di
     out = {}
     for k, v in sums.items():
         name, metric = k.rsplit("/", 1)
-        if metric != "tokens":
-            out[f"eval/{name}/{metric}"] = v / max(sums[f"{name}/tokens"], 1.0)
+        # a task absent from the validation split has no tokens: no figure rather than 0
+        if metric != "tokens" and sums[f"{name}/tokens"] > 0:
+            out[f"eval/{name}/{metric}"] = v / sums[f"{name}/tokens"]
     return out
 
 
@@ -203,7 +220,9 @@ class LMTrainer(NamedTuple):
     abstract_state: Any
 
 
-def build_lm_trainer(cfg: ml_collections.ConfigDict, lm_cfg: LMConfig, mesh) -> LMTrainer:
+def build_lm_trainer(
+    cfg: ml_collections.ConfigDict, lm_cfg: LMConfig, mesh, multitask: bool = False
+) -> LMTrainer:
     rules = tuple(tuple(r) for r in cfg.sharding_rules)
     dtype = compute_dtype(cfg.train.compute_dtype, "--config.train.compute_dtype")
     o = cfg.optim
@@ -212,14 +231,20 @@ def build_lm_trainer(cfg: ml_collections.ConfigDict, lm_cfg: LMConfig, mesh) -> 
     )
     objective = cfg.objective.to_dict()
 
+    start = _init_from(cfg.get("init_from", ""), lm_cfg)
+
     def init_state(key):
         params = init_lm(lm_cfg, key)["params"]
+        if start is not None:  # a trained LM; its task-token rows stay fresh (new tokens)
+            params = warm_start(params, start)
         return LMTrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
 
     boxed = jax.eval_shape(init_state, jax.random.PRNGKey(0))
     abstract = nn.meta.unbox(boxed)
     state_sh = tree_shardings(nn.get_partition_spec(boxed), abstract, mesh, rules)
-    batch_sh = {k: batch_sharding(mesh, BATCH_RANKS[k], rules) for k in batch_keys(lm_cfg)}
+    batch_sh = {
+        k: batch_sharding(mesh, BATCH_RANKS[k], rules) for k in batch_keys(lm_cfg, multitask)
+    }
     init = jax.jit(lambda k: nn.meta.unbox(init_state(k)), out_shardings=state_sh)
     step = jax.jit(
         make_lm_train_step(lm_cfg, objective, tx, dtype),
@@ -233,3 +258,35 @@ def build_lm_trainer(cfg: ml_collections.ConfigDict, lm_cfg: LMConfig, mesh) -> 
         out_shardings=replicated(mesh),
     )
     return LMTrainer(lm_cfg, init, step, eval_step, state_sh, abstract)
+
+
+def _init_from(path: str, lm_cfg: LMConfig) -> Any:
+    """The params of the exported LM at `--config.init_from` (None when unset), checked against
+    the run's model config."""
+    if not path:
+        return None
+    from nclm.lm.checkpoint import load_lm
+
+    try:
+        their_cfg, params, _, _ = load_lm(path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--config.init_from={path}: {e}") from None
+    if their_cfg.to_dict() | {"dropout": 0} != lm_cfg.to_dict() | {"dropout": 0}:
+        diff = sorted(k for k, v in their_cfg.to_dict().items() if lm_cfg.to_dict()[k] != v)
+        raise ConfigError(f"--config.init_from={path}: its lm config differs in {diff}")
+    return params
+
+
+def warm_start(fresh: Any, trained: Any) -> Any:
+    """`trained` params with fresh (just initialised) task-token rows 1.. of task_embed: a TTS
+    checkpoint never trained them (SpeechX's new tokens start from scratch)."""
+    boxed = nn.meta.unbox(fresh)
+    task = boxed["task_embed"]
+    out = jax.tree.map(lambda f, t: jnp.asarray(t, f.dtype), boxed, trained)
+    out["task_embed"] = task.at[0].set(jnp.asarray(trained["task_embed"][0], task.dtype))
+    return jax.tree.map(
+        lambda f, v: f.replace_boxed(v) if isinstance(f, nn.meta.AxisMetadata) else v,
+        fresh,
+        out,
+        is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata),
+    )
