@@ -2,12 +2,14 @@
 how each launcher is recognised, a faked SLURM step initialises, and training on 2 processes x 4
 CPU devices equals training in this one process on 8: the codec (k-means codebook init, GAN step,
 evaluation, export) and the LM across a resume in either direction and a SIGTERM that reaches one
-process only."""
+process only. Each launch costs seconds of work but tens of seconds of compiling on a 2-core
+machine, hence one launch per trainer."""
 
 import dataclasses
 import json
 import signal
 import time
+from functools import partial
 
 import jax
 import numpy as np
@@ -86,80 +88,61 @@ def test_a_faked_slurm_step_initialises():
     ]
 
 
-@pytest.fixture(scope="module")
-def lm_run(tmp_path_factory):
-    """A tiny LM experiment (config file + token corpus) and its uninterrupted run in this
-    process on 8 devices: the reference."""
-    root = tmp_path_factory.mktemp("multiprocess")
-    cfg = _cfg(dataclasses.replace(LM, text_vocab_size=0), steps=6, log_every=1)
-    cfg.train.eval_every, cfg.train.checkpoint_every = 2, 2
-    cfg.data.train = cfg.data.valid = _token_dir(root / "tokens")
-    cfg.data.text_buckets, cfg.data.frame_buckets, cfg.data.max_tokens = (16,), (32, 96), 512
-    cfg.mesh = {"data": 8, "fsdp": 1, "tensor": 1}
-    save_config(cfg, root / "config.json")
-    train_lm(cfg, root / "straight", progress=False)
-    return cfg, root
-
-
-def _train_args(root, workdir) -> list[str]:
-    config = str(root / "config.json")
-    return ["-m", "nclm", "train", "--config", config, "--workdir", str(workdir), "--no-progress"]
-
-
 def _without_perf(rows):
     return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
 
 
-def _assert_same_metrics(a, b):
-    """Same steps and keys; values within the sharded-step tolerance (a different device
-    layout sums in another order)."""
+def _assert_same_metrics(a, b, rtol=1e-5, atol=1e-6):
+    """Same steps and keys; values within the sharded-step tolerance (another device layout
+    sums in another order)."""
     a, b = _without_perf(a), _without_perf(b)
     assert [sorted(r) for r in a] == [sorted(r) for r in b]
     for x, y in zip(a, b):
         for k in x:
-            np.testing.assert_allclose(y[k], x[k], rtol=1e-5, atol=1e-6, err_msg=f"{x['step']} {k}")
+            np.testing.assert_allclose(y[k], x[k], rtol=rtol, atol=atol, err_msg=f"{x['step']} {k}")
 
 
-def test_two_processes_resume_one_and_equal_it(lm_run):
-    """Steps 1-2 in this process, saved; steps 3-6 on 2 processes x 4 devices resume from it:
-    the metrics equal the uninterrupted one-process run, and so does the exported LM."""
-    cfg, root = lm_run
-    workdir = root / "one_then_two"
+def test_lm_on_two_processes_resumes_stops_together_and_equals_one(tmp_path):
+    """Steps 1-2 in this process (8 devices), saved; 2 processes x 4 devices resume from that
+    checkpoint; SIGTERM to process 1 alone stops both at the same step, saved, exit 0; this
+    process resumes that checkpoint to the end. Every logged value (training and validation)
+    equals the uninterrupted one-process run's, and so does the export."""
+    cfg = _cfg(dataclasses.replace(LM, text_vocab_size=0), steps=40, log_every=1)
+    cfg.train.eval_every, cfg.train.checkpoint_every = 10, 20
+    cfg.data.train = cfg.data.valid = _token_dir(tmp_path / "tokens")
+    cfg.data.text_buckets, cfg.data.frame_buckets, cfg.data.max_tokens = (16,), (32, 96), 512
+    cfg.mesh = {"data": 8, "fsdp": 1, "tensor": 1}
+    save_config(cfg, tmp_path / "config.json")
+    train_lm(cfg, tmp_path / "straight", progress=False)
+
+    workdir = tmp_path / "one_two_one"
     train_lm(cfg, workdir, stop_after=2, progress=False)
-    run(_train_args(root, workdir), 2)
-    _assert_same_metrics(
-        read_metrics(root / "straight" / "metrics.jsonl"), read_metrics(workdir / "metrics.jsonl")
-    )
-    _, params, _, _ = load_lm(workdir / "lm")
-    _, reference, _, _ = load_lm(root / "straight" / "lm")
-    jax.tree_util.tree_map(
-        lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), params, reference
-    )
-    runs = [json.loads(line) for line in (workdir / "runs.jsonl").read_text().splitlines()]
-    assert [r["process_count"] for r in runs] == [1, 2]
-
-
-def test_sigterm_to_one_process_stops_both_at_one_step(lm_run):
-    """Process 1 alone gets SIGTERM: both save the same step and exit 0, and this one process
-    resumes that checkpoint to the uninterrupted run's metrics."""
-    cfg, root = lm_run
-    workdir = root / "preempted"
-    procs = start(_train_args(root, workdir), 2)
+    args = ["-m", "nclm", "train", "--config", str(tmp_path / "config.json")]
+    procs = start([*args, "--workdir", str(workdir), "--no-progress"], 2)
     metrics = workdir / "metrics.jsonl"
     deadline = time.time() + 200
-    while not (metrics.is_file() and read_metrics(metrics)) and time.time() < deadline:
+    while read_metrics(metrics)[-1]["step"] < 3 and time.time() < deadline:
         assert all(p.poll() is None for p in procs), finish(procs)
-        time.sleep(0.2)
+        time.sleep(0.1)
     procs[1].send_signal(signal.SIGTERM)  # `timeout` hands it on to the process
     results = finish(procs)
     assert [code for code, _ in results] == [0, 0], results
     stopped = [out.split("stopped by signal 15 at step ")[1].split(";")[0] for _, out in results]
     step = int(stopped[0])
-    assert stopped == [str(step)] * 2 and 1 <= step < cfg.train.steps
+    assert stopped == [str(step)] * 2 and 3 <= step < cfg.train.steps
     assert RunCheckpointer(workdir / "checkpoints").latest_step() == step
     assert not (workdir / "lm").exists()
-    train_lm(cfg, workdir, progress=False)  # resumed by one process
-    _assert_same_metrics(read_metrics(root / "straight" / "metrics.jsonl"), read_metrics(metrics))
+
+    train_lm(cfg, workdir, progress=False)  # this one process again, to the end
+    _assert_same_metrics(
+        read_metrics(tmp_path / "straight" / "metrics.jsonl"), read_metrics(metrics)
+    )
+    runs = [json.loads(line) for line in (workdir / "runs.jsonl").read_text().splitlines()]
+    assert [r["process_count"] for r in runs] == [1, 2, 1]
+    _, params, _, _ = load_lm(workdir / "lm")
+    _, reference, _, _ = load_lm(tmp_path / "straight" / "lm")
+    close = partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-6)
+    jax.tree_util.tree_map(close, params, reference)
 
 
 def test_codec_training_on_two_processes_equals_one(tmp_path):
@@ -172,11 +155,16 @@ def test_codec_training_on_two_processes_equals_one(tmp_path):
     save_config(cfg, tmp_path / "config.json")
     train_codec(cfg, tmp_path / "one", progress=False)
     args = ["-m", "nclm", "train", "--config", str(tmp_path / "config.json")]
-    run([*args, "--workdir", str(tmp_path / "two"), "--no-progress"], 2)
+    run([*args, "--workdir", str(tmp_path / "two"), "--no-progress"], 2, timeout=600)
     one, two = (read_metrics(tmp_path / d / "metrics.jsonl") for d in ("one", "two"))
     assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3, 3]
     for a, b in zip(_without_perf(one), _without_perf(two)):  # the GAN step's tolerance
         for k in a:
             np.testing.assert_allclose(b[k], a[k], rtol=2e-4, atol=1e-5, err_msg=f"{a['step']} {k}")
     a, b = (NeuralCodec.load(tmp_path / d / "codec").variables for d in ("one", "two"))
-    jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-4), a, b)
+
+    def same(x, y):  # as the sharded-step test: a near-zero gradient may flip one Adam update
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        assert np.linalg.norm(x - y) <= 1e-3 * np.linalg.norm(y) + 1e-7, x.shape
+
+    jax.tree_util.tree_map(same, a, b)

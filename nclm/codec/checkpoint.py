@@ -59,7 +59,7 @@ def write_checkpoint(path, tree_name: str, tree: Any, meta_name: str, meta: dict
     as an orbax checkpoint in `tree_name`/, and `meta` as JSON in `meta_name`."""
 
     def fill(tmp: Path) -> None:
-        with ocp.StandardCheckpointer() as ckptr:
+        with _this_process_only() as ckptr:
             ckptr.save(tmp / tree_name, tree)
             ckptr.wait_until_finished()
         (tmp / meta_name).write_text(json.dumps(meta, indent=2) + "\n")
@@ -71,8 +71,17 @@ def read_tree(path, tree_name: str, what: str) -> Any:
     """The arrays `write_checkpoint` saved in `tree_name`/, as numpy arrays."""
     if not (path / tree_name).is_dir():
         raise CheckpointError(f"{path}: {what} has no {tree_name}/ directory")
-    with ocp.StandardCheckpointer() as ckptr:
+    with _this_process_only() as ckptr:
         return ckptr.restore(path / tree_name)
+
+
+def _this_process_only() -> ocp.StandardCheckpointer:
+    """A checkpointer for host (numpy) trees that one process reads or writes alone: orbax's
+    default waits for every process at each save and restore, which hangs a multi-process run
+    whose process 0 writes the export while the others wait elsewhere."""
+    me = jax.process_index()
+    only = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    return ocp.StandardCheckpointer(multiprocessing_options=only)
 
 
 def read_meta(path: str | os.PathLike, file_name: str, fmt: str, what: str) -> dict:
