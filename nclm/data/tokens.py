@@ -361,16 +361,10 @@ def _encode_jobs(codec, jobs, rows):
             yield i, batch.codes[row, :, : batch.frames[row]], len(wav)
 
 
-def _finish(
-    out, cfg, codec_id, table, dtype, num_shards, shard_size, fingerprint, manifest, sem_index
-):
-    shards = [_lengths(out, k, num_shards, fingerprint) for k in range(num_shards)]
-    summary = {"out": str(out), "num_shards": num_shards, "symbols": len(table)}
-    summary["shards_done"] = sum(s is not None for s in shards)
-    if summary["shards_done"] < num_shards:
-        summary["index"] = None  # another host is still writing; the last one writes the index
-        return summary
-    index = {
+def index_fields(cfg, codec_id: str, table, dtype, shards: list[dict]) -> dict:
+    """What every token directory's index says: format, codec, symbols, and per shard its
+    records' text and frame lengths (the bucketing reads them instead of the records)."""
+    return {
         "format": FORMAT,
         "version": VERSION,
         "codec_id": codec_id,
@@ -384,20 +378,34 @@ def _finish(
         "frontend": table.frontend.to_dict(),
         "symbols": SYMBOLS,
         "num_symbols": len(table),
-        "manifest": str(Path(manifest).absolute()),
-        "shard_size": shard_size,
         "num_records": sum(s["num_records"] for s in shards),
         "num_frames": sum(sum(s["frames"]) for s in shards),
-        "num_text_tokens": sum(sum(s["text_len"]) for s in shards),
         "shards": [
             {
-                "file": shard_name(k, num_shards),
+                "file": shard_name(k, len(shards)),
                 "num_records": s["num_records"],
                 "text_len": s["text_len"],
                 "frames": s["frames"],
             }
             for k, s in enumerate(shards)
         ],
+    }
+
+
+def _finish(
+    out, cfg, codec_id, table, dtype, num_shards, shard_size, fingerprint, manifest, sem_index
+):
+    shards = [_lengths(out, k, num_shards, fingerprint) for k in range(num_shards)]
+    summary = {"out": str(out), "num_shards": num_shards, "symbols": len(table)}
+    summary["shards_done"] = sum(s is not None for s in shards)
+    if summary["shards_done"] < num_shards:
+        summary["index"] = None  # another host is still writing; the last one writes the index
+        return summary
+    index = {
+        **index_fields(cfg, codec_id, table, dtype, shards),
+        "manifest": str(Path(manifest).absolute()),
+        "shard_size": shard_size,
+        "num_text_tokens": sum(sum(s["text_len"]) for s in shards),
     }
     if sem_index is not None:
         index["semantic"] = summary["semantic"] = sem_index

@@ -39,10 +39,8 @@ from nclm.atomic import atomic_path, write_atomic
 from nclm.audio.io import AudioError, load_audio
 from nclm.data.manifest import read_manifest_lines, resolve_audio
 from nclm.data.tokens import (
-    FORMAT,
     INDEX,
     SYMBOLS,
-    VERSION,
     TokensError,
     _check_inputs,
     _check_out,
@@ -51,6 +49,7 @@ from nclm.data.tokens import (
     _text_ids,
     _texts,
     codes_dtype,
+    index_fields,
     shard_name,
 )
 from nclm.lm.speechx import TASKS, layout_example
@@ -196,36 +195,13 @@ def _finish(out, codec_cfg, codec_id, table, dtype, num_shards, fingerprint, see
         return {"out": str(out), "index": None}  # another host's shards are still coming
     tasks = [t for s in shards for t in s["task"]]
     index = {
-        "format": FORMAT,
-        "version": VERSION,
-        "codec_id": codec_id,
-        "codec_name": codec_cfg.name,
-        "sample_rate": codec_cfg.sample_rate,
-        "frame_rate": codec_cfg.frame_rate,
-        "hop_length": codec_cfg.hop_length,
-        "num_codebooks": codec_cfg.num_codebooks,
-        "codebook_size": codec_cfg.codebook_size,
-        "codes_dtype": dtype.name,
-        "frontend": table.frontend.to_dict(),
-        "symbols": SYMBOLS,
-        "num_symbols": len(table),
-        "num_records": len(tasks),
-        "num_frames": sum(sum(s["frames"]) for s in shards),
+        **index_fields(codec_cfg, codec_id, table, dtype, shards),
         "tasks": {
             "names": list(TASKS),
             "seed": seed,
             "simulation": cfg.to_dict(),
             "counts": {name: tasks.count(k) for k, name in enumerate(TASKS)},
         },
-        "shards": [
-            {
-                "file": shard_name(k, num_shards),
-                "num_records": s["num_records"],
-                "text_len": s["text_len"],
-                "frames": s["frames"],
-            }
-            for k, s in enumerate(shards)
-        ],
     }
     write_atomic(out / INDEX, json.dumps(index) + "\n")
     return {"out": str(out), "index": str(out / INDEX), "counts": index["tasks"]["counts"]}
