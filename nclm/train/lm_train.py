@@ -37,6 +37,7 @@ from nclm.sharding import (
     make_mesh,
     replicated,
     tree_shardings,
+    with_activation_sharding,
 )
 from nclm.text.symbols import SymbolTable
 from nclm.train.lm_step import LMTrainState, make_lm_eval_step, make_lm_train_step
@@ -218,13 +219,13 @@ def build_lm_trainer(cfg: ml_collections.ConfigDict, lm_cfg: LMConfig, mesh) -> 
     batch_sh = {k: batch_sharding(mesh, BATCH_RANKS[k], rules) for k in batch_keys(lm_cfg)}
     init = jax.jit(lambda k: nn.meta.unbox(init_state(k)), out_shardings=state_sh)
     step = jax.jit(
-        make_lm_train_step(lm_cfg, objective, tx, dtype),
+        with_activation_sharding(make_lm_train_step(lm_cfg, objective, tx, dtype), mesh, rules),
         in_shardings=(state_sh, batch_sh, replicated(mesh)),
         out_shardings=(state_sh, replicated(mesh)),
         donate_argnums=0,
     )
     eval_step = jax.jit(
-        make_lm_eval_step(lm_cfg, objective, dtype),
+        with_activation_sharding(make_lm_eval_step(lm_cfg, objective, dtype), mesh, rules),
         in_shardings=(state_sh.params, batch_sh),
         out_shardings=replicated(mesh),
     )
