@@ -14,7 +14,9 @@ Targets: `--topology NAME` compiles for a TPU slice through libtpu (`pip install
 compiler's. `--devices N` compiles for N CPU devices standing in for N accelerators: the
 parameter, optimizer-state and batch bytes per device come from the shardings and carry over to
 any backend; the temporaries are the CPU compiler's (other fusion, no bf16 matmuls, no
-flash-attention kernels) and do not.
+flash-attention kernels) and do not. Attention (`lm.attention=auto`) is chosen by the default
+backend of the machine that compiles: a CPU here, so a TPU target is measured with the blockwise
+XLA attention rather than the splash kernel, an upper bound on its temporaries.
 """
 
 from __future__ import annotations
