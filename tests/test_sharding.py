@@ -12,10 +12,12 @@ from jax.sharding import PartitionSpec as P
 from nclm.sharding import (
     batch_sharding,
     batch_shards,
+    constrain,
     global_batch_array,
     logical_to_spec,
     make_mesh,
     tree_shardings,
+    with_activation_sharding,
 )
 
 
@@ -85,3 +87,41 @@ def test_batch_sharding_and_global_array():
     array = global_batch_array(local, mesh)
     assert [s.data.shape for s in array.addressable_shards] == [(2, 3)] * 8
     np.testing.assert_array_equal(np.asarray(array), local)
+
+
+def test_undivided_dimension_warns_once_naming_the_parameter(caplog):
+    """A dimension at least as large as its mesh axis but not a multiple of it is replicated
+    with one warning naming the parameter (not repeated for its optimizer moments); one smaller
+    than the axis (1 output channel on fsdp=2) is replicated quietly, by design."""
+    mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    head = jax.ShapeDtypeStruct((64, 17), jnp.float32)
+    conv = jax.ShapeDtypeStruct((8, 1), jnp.float32)
+    specs = {"ar_head": P("embed", "vocab"), "out_conv": P("conv_in", "conv_out")}
+    params = {"ar_head": head, "out_conv": conv}
+    tree = {"params": params, "opt_state": {"mu": params, "nu": params}}  # as optax's moments
+    logical = {"params": specs, "opt_state": {"mu": specs, "nu": specs}}
+    with caplog.at_level("WARNING", logger="nclm.sharding"):
+        shardings = tree_shardings(logical, tree, mesh)
+    assert shardings["params"]["ar_head"].spec == P("fsdp", None)
+    assert shardings["params"]["out_conv"].spec == P(None, None)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1, messages
+    assert "params/ar_head" in messages[0] and "dimension 1 ('vocab', size 17)" in messages[0]
+    assert "tensor=2" in messages[0]
+
+
+def test_constrain_applies_the_rules_only_inside_activation_sharding():
+    mesh = make_mesh({"data": 4, "tensor": 2})
+
+    def f(x):
+        return constrain(x * 2, ("batch", "length", "mlp"))
+
+    x = jnp.ones((8, 3, 6))
+    assert "sharding_constraint" not in jax.jit(f).lower(x).as_text()
+    sharded = jax.jit(with_activation_sharding(f, mesh))
+    assert '[{"data"}, {}, {"tensor"}]' in sharded.lower(x).as_text()
+    out = sharded(x)
+    assert out.sharding.spec == P("data", None, "tensor")
+    np.testing.assert_array_equal(np.asarray(out), 2 * np.ones((8, 3, 6)))
+    one = make_mesh({"data": 1}, jax.devices()[:1])  # one device: nothing to constrain
+    assert "sharding_constraint" not in jax.jit(with_activation_sharding(f, one)).lower(x).as_text()

@@ -26,7 +26,13 @@ def get_config(arg=None):
         lm = lm_configs.tiny(8, 1024, text_vocab_size=0, conv_kernel=5)
         cfg = lm_experiment(lm, tiny=True)
     else:
-        lm = lm_configs.valle(text_vocab_size=0, conv_kernel=5, remat="dots_no_batch", dropout=0.1)
+        lm = lm_configs.valle(
+            text_vocab_size=0,
+            conv_kernel=5,
+            remat="dots_no_batch",
+            dropout=0.1,
+            vocab_multiple=128,  # the AR head 1025 -> 1152 columns: shards over tensor
+        )
         cfg = lm_experiment(lm)
         cfg.train.compute_dtype = "bfloat16"
     cfg.lm.name = "soundstorm"

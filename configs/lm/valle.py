@@ -28,7 +28,9 @@ def get_config(arg=None):
         )
         return cfg
     # remat: keep matmul outputs without a batch dim, recompute the [B, N, L, L] attention maps
-    lm = lm_configs.valle(text_vocab_size=0, shared_backbone=shared, remat="dots_no_batch")
+    lm = lm_configs.valle(
+        text_vocab_size=0, shared_backbone=shared, remat="dots_no_batch", vocab_multiple=128
+    )
     cfg = lm_experiment(lm)
     cfg.train.compute_dtype = "bfloat16"
     return cfg

@@ -44,6 +44,9 @@ class LMConfig:
     # nclm.nn.attention.IMPLEMENTATIONS: auto = cuDNN on GPU (16-bit), splash on TPU, blockwise
     # on CPU for long sequences, the dense xla reference for short ones and cached steps
     attention: str = "auto"
+    # the AR head's V + 1 columns (codes and EOS) are padded to a multiple of this, so its
+    # `vocab` dimension shards over `tensor`; the padding columns' logits are -inf
+    vocab_multiple: int = 1
 
     def __post_init__(self):
         if self.width % self.num_heads or self.num_heads % self.num_kv_heads:
@@ -55,6 +58,8 @@ class LMConfig:
             raise ValueError(f"lm.attention={self.attention!r}: expected one of {IMPLEMENTATIONS}")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"lm.remat={self.remat!r}: expected one of {sorted(REMAT_POLICIES)}")
+        if self.vocab_multiple < 1:
+            raise ValueError(f"lm.vocab_multiple={self.vocab_multiple}: expected >= 1")
         if self.num_codebooks < 1 or self.codebook_size < 2:
             raise ValueError("lm: need num_codebooks >= 1 and codebook_size >= 2")
 
@@ -78,6 +83,11 @@ class LMConfig:
     @property
     def semantic_null_id(self) -> int:
         return self.semantic_vocab_size
+
+    @property
+    def ar_head_size(self) -> int:
+        """The AR head's columns: V codes + EOS, padded to a multiple of `vocab_multiple`."""
+        return -(-(self.codebook_size + 1) // self.vocab_multiple) * self.vocab_multiple
 
     @property
     def audio_vocab_size(self) -> int:

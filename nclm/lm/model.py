@@ -8,7 +8,7 @@
     ├─ semantic_embed [K + 1, D]      (cfg.semantic_vocab_size = K > 0) frame condition, K = null
     ├─ backbone                       one stack run causally (AR) or bidirectionally (NAR) ...
     │  (or ar_backbone + nar_backbone when cfg.shared_backbone is False)
-    ├─ ar_head        [D, V + 1]      level-1 codes and EOS
+    ├─ ar_head        [D, Vp]         level-1 codes and EOS (V + 1 padded to cfg.vocab_multiple)
     └─ nar_heads      [Q - 1, D, V]   levels 2..Q
 
 Every stack is conditioned on the stage (the level being predicted) through AdaLN, as VALL-E's
@@ -30,6 +30,7 @@ from nclm.nn import init as initializers
 from nclm.nn.attention import LayerCache
 from nclm.nn.attention_mask import MaskSpec
 from nclm.nn.transformer import TransformerStack
+from nclm.sharding import constrain
 
 
 class CodecLM(nn.Module):
@@ -71,7 +72,7 @@ class CodecLM(nn.Module):
         self.ar_head = self.param(
             "ar_head",
             nn.with_logical_partitioning(head_init, ("embed", "vocab")),
-            (d, cfg.codebook_size + 1),
+            (d, cfg.ar_head_size),
         )
         self.nar_heads = self.param(
             "nar_heads",
@@ -127,13 +128,25 @@ class CodecLM(nn.Module):
         return self._stack(True)(x, pos, mask, stage, None, cache, write_index)
 
     def ar_logits(self, text, text_len, audio_in, audio_len, task, prefix=None) -> jax.Array:
-        """float32[B, Ta, V + 1]: logits of the next level-1 code (or EOS) at every audio slot."""
+        """float32[B, Ta, Vp]: logits of the next level-1 code (or EOS) at every audio slot;
+        the columns past V + 1 (cfg.vocab_multiple padding) are -inf, so a softmax, a loss or
+        a sampler over all Vp columns equals one over the V + 1 real ones, and the vocabulary
+        stays sharded (slicing to V + 1 would not divide over `tensor`)."""
         h, _ = self.ar_hidden(text, text_len, audio_in, audio_len, task, prefix=prefix)
-        return self.ar_project(h[:, text.shape[1] :])
+        return self._ar_head_logits(h[:, text.shape[1] :])
+
+    def _ar_head_logits(self, h: jax.Array) -> jax.Array:
+        w = self.ar_head.astype(h.dtype)  # float32 accumulation: logits are float32 (decision 8)
+        logits = jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
+        logits = constrain(logits, ("batch", "length", "vocab"))
+        real = self.cfg.codebook_size + 1
+        if logits.shape[-1] == real:
+            return logits
+        return jnp.where(jnp.arange(logits.shape[-1]) < real, logits, -jnp.inf)
 
     def ar_project(self, h: jax.Array) -> jax.Array:
-        w = self.ar_head.astype(h.dtype)  # float32 accumulation: logits are float32 (decision 8)
-        return jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
+        """float32[B, T, V + 1] logits of h[B, T, D] (decoding: the padding columns dropped)."""
+        return self._ar_head_logits(h)[..., : self.cfg.codebook_size + 1]
 
     def ar_step(
         self,
@@ -170,7 +183,8 @@ class CodecLM(nn.Module):
         head = jax.lax.dynamic_index_in_dim(self.nar_heads, level - 2, keepdims=False)
         h = h[:, num_text:]
         w = head.astype(h.dtype)
-        return jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
+        logits = jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
+        return constrain(logits, ("batch", "length", "vocab"))
 
     # -- masked (SoundStorm) --------------------------------------------------------------------
     def masked_logits(
@@ -198,7 +212,8 @@ class CodecLM(nn.Module):
         head = jax.lax.dynamic_index_in_dim(heads, level - 1, keepdims=False)
         h = h[:, num_text:]
         w = head.astype(h.dtype)
-        return jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
+        logits = jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
+        return constrain(logits, ("batch", "length", "vocab"))
 
     def create_parameters(self, text, text_len, codes, code_len, task) -> list[jax.Array]:
         """For `init` only. Setup creates the embeddings and heads; this runs each backbone once,

@@ -29,6 +29,9 @@ from nclm.nn import init as initializers
 from nclm.nn.attention_blockwise import blockwise_attention
 from nclm.nn.attention_fused import lengths_attention, splash_attention
 from nclm.nn.attention_mask import MaskSpec
+from nclm.sharding import constrain
+
+_HEADS = ("batch", "length", "heads", "kv")  # q, k, v and the attention output [B, T, N, H]
 
 IMPLEMENTATIONS = ("auto", "xla", "blockwise", "cudnn", "splash")
 _FEW_QUERIES = 16  # cached steps: dense scores [B, N, Tq, Lk] are small, no kernel needed
@@ -141,15 +144,15 @@ class Attention(nn.Module):
                 name=name,
             )(x)
 
-        q = rotary(proj(n, "query"), positions, self.rope_base)
-        key = rotary(proj(k, "key"), positions, self.rope_base)
-        value = proj(k, "value")
+        q = constrain(rotary(proj(n, "query"), positions, self.rope_base), _HEADS)
+        key = constrain(rotary(proj(k, "key"), positions, self.rope_base), _HEADS)
+        value = constrain(proj(k, "value"), _HEADS)
         if cache is not None:
             cache = LayerCache(
                 _write_rows(cache.k, key, write_index), _write_rows(cache.v, value, write_index)
             )
             key, value = cache.k.astype(self.dtype), cache.v.astype(self.dtype)
-        out = attend(q, key, value, mask, self.implementation)
+        out = constrain(attend(q, key, value, mask, self.implementation), _HEADS)
         out = nn.DenseGeneral(
             x.shape[-1],
             axis=(-2, -1),

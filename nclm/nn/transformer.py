@@ -23,6 +23,9 @@ from nclm.nn import init as initializers
 from nclm.nn.attention import Attention, LayerCache
 from nclm.nn.attention_mask import MaskSpec
 from nclm.nn.norms import layer_norm
+from nclm.sharding import constrain
+
+_RESIDUAL = ("batch", "length", "embed")  # the residual stream [B, T, D]
 
 
 def _zeros(axis: str):
@@ -130,7 +133,7 @@ class Block(nn.Module):
             cfg.attention,
             name="attn",
         )(norm(x, "attn_norm"), positions, mask, cache, write_index)
-        x = x + drop(h)
+        x = constrain(x + drop(h), _RESIDUAL)
         if (
             cfg.conv_kernel and valid is not None
         ):  # causal calls pass None: the conv sees both sides
@@ -145,6 +148,7 @@ class Block(nn.Module):
             dtype=self.dtype,
             name="ffn_in",
         )(norm(x, "ffn_norm"))
+        h = constrain(h, ("batch", "length", "mlp"))
         h = nn.Dense(
             cfg.width,
             kernel_init=nn.with_logical_partitioning(
@@ -154,7 +158,7 @@ class Block(nn.Module):
             dtype=self.dtype,
             name="ffn_out",
         )(drop(jax.nn.gelu(h)))
-        x = x + drop(h)
+        x = constrain(x + drop(h), _RESIDUAL)
         return x.astype(self.dtype), cache
 
 
@@ -227,7 +231,7 @@ class TransformerStack(nn.Module):
         cfg = self.cfg
         if stage is None:
             stage = jnp.zeros(x.shape[:1], jnp.int32)
-        x = x.astype(self.dtype)
+        x = constrain(x.astype(self.dtype), _RESIDUAL)
         args = (positions, mask, stage, valid, write_index)
         if cfg.scan_layers:
             scanned = nn.scan(

@@ -39,6 +39,7 @@ from nclm.sharding import (
     make_mesh,
     replicated,
     tree_shardings,
+    with_activation_sharding,
 )
 from nclm.text.symbols import SymbolTable
 from nclm.train.lm_step import LMTrainState, make_lm_eval_step, make_lm_train_step
@@ -247,13 +248,13 @@ def build_lm_trainer(
     }
     init = jax.jit(lambda k: nn.meta.unbox(init_state(k)), out_shardings=state_sh)
     step = jax.jit(
-        make_lm_train_step(lm_cfg, objective, tx, dtype),
+        with_activation_sharding(make_lm_train_step(lm_cfg, objective, tx, dtype), mesh, rules),
         in_shardings=(state_sh, batch_sh, replicated(mesh)),
         out_shardings=(state_sh, replicated(mesh)),
         donate_argnums=0,
     )
     eval_step = jax.jit(
-        make_lm_eval_step(lm_cfg, objective, dtype),
+        with_activation_sharding(make_lm_eval_step(lm_cfg, objective, dtype), mesh, rules),
         in_shardings=(state_sh.params, batch_sh),
         out_shardings=replicated(mesh),
     )

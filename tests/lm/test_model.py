@@ -390,3 +390,51 @@ def test_init_creates_exactly_what_every_pass_reads(shared, conv, semantic):
         if not np.any(np.asarray(g))
     ]
     assert not unused, f"parameters no pass reads: {unused}"
+
+
+def test_ar_head_padding_changes_no_output():
+    """vocab_multiple=8 pads the AR head's 17 columns to 24: with the same 17 real columns, the
+    training logits are the unpadded ones plus -inf columns (so the loss and accuracies are
+    equal), and decoding (ar_project, sampled with top-k and top-p) returns the same codes."""
+    from nclm.train.lm_step import ar_terms
+
+    padded_cfg = dataclasses.replace(CFG, vocab_multiple=8)
+    assert padded_cfg.ar_head_size == 24 and CFG.ar_head_size == 17
+    init = jax.jit(lambda key: nn.meta.unbox(init_lm(padded_cfg, key))["params"])
+    padded = init(jax.random.PRNGKey(0))
+    assert padded["ar_head"].shape == (CFG.width, 24)
+    plain = dict(padded, ar_head=padded["ar_head"][:, :17])
+    text, text_len, codes, code_len, task = _batch(CFG)
+    batch = {"text": text, "text_len": text_len, "codes": codes, "code_len": code_len}
+    audio_in, _, _ = layout.ar_audio(codes[:, 0], code_len, CFG.bos_id, CFG.eos_id, CFG.pad_id)
+
+    @partial(jax.jit, static_argnums=0)
+    def logits_and_metrics(cfg, params):
+        model = CodecLM(cfg)
+        args = (text, text_len, audio_in, code_len + 1, task)
+        logits = model.apply({"params": params}, *args, method="ar_logits")
+        return logits, ar_terms(model, params, batch)
+
+    wide, m_wide = logits_and_metrics(padded_cfg, padded)
+    ref, m_ref = logits_and_metrics(CFG, plain)
+    assert wide.shape[-1] == 24 and np.isneginf(np.asarray(wide[..., 17:])).all()
+    np.testing.assert_allclose(np.asarray(wide[..., :17]), np.asarray(ref), rtol=1e-6, atol=1e-6)
+    for k in m_ref:
+        np.testing.assert_allclose(m_wide[k], m_ref[k], rtol=1e-6, err_msg=k)
+    prompt = jnp.asarray(np.random.default_rng(2).integers(0, 16, (2, 3)), jnp.int32)
+    sampling = SamplingConfig(temperature=1.0, top_k=5, top_p=0.9)
+    out = [
+        ar_generate(
+            p,
+            text,
+            text_len,
+            prompt,
+            jnp.asarray([3, 1]),
+            jax.random.PRNGKey(3),
+            cfg=c,
+            max_new=6,
+            sampling=sampling,
+        )[0]
+        for p, c in ((padded, padded_cfg), (plain, CFG))
+    ]
+    np.testing.assert_array_equal(np.asarray(out[0]), np.asarray(out[1]))

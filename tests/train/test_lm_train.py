@@ -59,27 +59,59 @@ def _cfg(lm=LM, **train):
 
 
 def test_sharded_step_equals_single_device():
-    """All three objectives (AR, NAR, masked with spans and condition dropout) in one step."""
-    cfg = _cfg()
+    """All three objectives (AR, NAR, masked with spans and condition dropout) in one step, on
+    one device, on data x fsdp and on data x fsdp x tensor. The AR head's 17 columns are padded
+    to 24 (vocab_multiple=8) so its vocabulary shards over tensor; parameters and activations
+    really are sharded over `tensor` in the compiled step."""
+    lm = dataclasses.replace(LM, vocab_multiple=8)
+    cfg = _cfg(lm)
     cfg.objective.masked_weight, cfg.objective.mask_span = 1.0, 2
     rows = [_utterance(i, 10 + 3 * i, 4 + i) for i in range(6)] + [
         (np.zeros(0, np.int32), np.zeros((Q, 0)))
     ] * 2  # two empty rows, as a bucket's last batch has
     batch = _batch(rows)
     out = []
-    for mesh in (make_mesh({"data": 1}, jax.devices()[:1]), make_mesh({"data": 4, "fsdp": 2})):
-        trainer = build_lm_trainer(cfg, LM, mesh)
+    meshes = (
+        make_mesh({"data": 1}, jax.devices()[:1]),
+        make_mesh({"data": 4, "fsdp": 2}),
+        make_mesh({"data": 2, "fsdp": 2, "tensor": 2}),
+    )
+    for mesh in meshes:
+        trainer = build_lm_trainer(cfg, lm, mesh)
         state = trainer.init(jax.random.PRNGKey(0))
+        if mesh.shape["tensor"] == 2:
+            _assert_tensor_sharded(trainer, state, batch)
         for _ in range(2):
             state, metrics = trainer.step(state, batch, jax.random.PRNGKey(1))
         out.append(jax.device_get((state, metrics)))
-    (s1, m1), (s8, m8) = out
+    (s1, m1), *sharded = out
     assert m1["nonfinite"] == 0 and m1["ar/tokens"] == sum(10 + 3 * i + 1 for i in range(6))
-    for k in m1:
-        np.testing.assert_allclose(m8[k], m1[k], rtol=1e-5, atol=1e-6, err_msg=k)
-    jax.tree_util.tree_map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), s8.params, s1.params
-    )
+    for s8, m8 in sharded:
+        for k in m1:
+            np.testing.assert_allclose(m8[k], m1[k], rtol=1e-5, atol=1e-6, err_msg=k)
+        jax.tree_util.tree_map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+            s8.params,
+            s1.params,
+        )
+
+
+def _assert_tensor_sharded(trainer, state, batch):
+    """Parameters: the AR head [D=64, 24] over (fsdp, tensor), the FFN input [layers, D, F] over
+    fsdp and tensor. Activations: the traced step constrains the MLP hidden [B, T, F] and the
+    logits [B, T, V] to batch over (data, fsdp) and the last dimension over tensor."""
+    from jax.sharding import PartitionSpec as P
+
+    params = state.params
+    assert params["ar_head"].shape == (64, 24)
+    assert params["ar_head"].sharding.spec == P("fsdp", "tensor")
+    ffn_in = params["backbone"]["layers"]["block"]["ffn_in"]["kernel"]
+    assert ffn_in.sharding.spec == P(None, "fsdp", "tensor")
+    assert ffn_in.addressable_shards[0].data.shape == (2, 32, 128)
+    text = trainer.step.lower(state, batch, jax.random.PRNGKey(1)).as_text()
+    constraints = [line for line in text.splitlines() if "sharding_constraint" in line]
+    last_on_tensor = '[{"data", "fsdp"}, {}, {"tensor"}]'
+    assert sum(last_on_tensor in line for line in constraints) >= 4, constraints[:8]
 
 
 @pytest.fixture(scope="module")
