@@ -46,7 +46,7 @@ def plain_launch(processes: int, port: int) -> Callable[[int], dict]:
 def start(
     argv: list[str],
     processes: int,
-    timeout: int = 240,
+    timeout: int = 600,
     env: Callable[[int], dict] | None = None,
 ) -> list[subprocess.Popen]:
     """`python ARGV` in `processes` processes of one job (one process: no launch variables)."""

@@ -155,7 +155,7 @@ def test_codec_training_on_two_processes_equals_one(tmp_path):
     save_config(cfg, tmp_path / "config.json")
     train_codec(cfg, tmp_path / "one", progress=False)
     args = ["-m", "nclm", "train", "--config", str(tmp_path / "config.json")]
-    run([*args, "--workdir", str(tmp_path / "two"), "--no-progress"], 2, timeout=600)
+    run([*args, "--workdir", str(tmp_path / "two"), "--no-progress"], 2, timeout=1200)
     one, two = (read_metrics(tmp_path / d / "metrics.jsonl") for d in ("one", "two"))
     assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3, 3]
     for a, b in zip(_without_perf(one), _without_perf(two)):  # the GAN step's tolerance
