@@ -6,21 +6,12 @@ weights load."""
 import json
 import shutil
 
-import flax.linen as nn
-import jax
 import numpy as np
 import pytest
 import soundfile as sf
 
 from nclm.cli import main
-from nclm.codec import config as codec_config
-from nclm.codec.interface import NeuralCodec
-from nclm.codec.model import init_codec
-from nclm.lm import config as lm_config
-from nclm.lm.checkpoint import save_lm
-from nclm.lm.model import init_lm
-from nclm.text.frontend import TextFrontend
-from nclm.text.symbols import SymbolTable
+from tests.tasks.tiny_checkpoints import write_tiny_checkpoints
 
 SR = 16000
 CORPUS = ["the quick brown fox jumps over the lazy dog"]
@@ -36,18 +27,9 @@ def _voice(seconds: float, f0: float = 130.0) -> np.ndarray:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("speechx")
-    ccfg = codec_config.tiny("dac")
-    codec = NeuralCodec(ccfg, init_codec(ccfg, jax.random.PRNGKey(0)))
-    cid = codec.save(root / "codec")
-    frontend = TextFrontend("graphemes")
-    table = SymbolTable.build(frontend.tokens_batch(CORPUS), frontend)
-    cfg = lm_config.tiny(num_codebooks=4, codebook_size=256, text_vocab_size=len(table))
-    params = nn.meta.unbox(init_lm(cfg, jax.random.PRNGKey(1)))["params"]
-    facts = {"codec_id": cid, "sample_rate": SR, "frame_rate": codec.frame_rate,
-             "num_codebooks": 4, "codebook_size": 256}  # fmt: skip
     tasks = ["tts", "ns", "sr", "tse", "cse", "nse"]
-    extra = {"max_text_tokens": 160, "max_audio_frames": 100, "tasks": tasks}
-    save_lm(root / "lm", cfg, params, table, facts, extra)
+    limits = {"max_text_tokens": 160, "max_audio_frames": 100}
+    write_tiny_checkpoints(root, CORPUS, {**limits, "tasks": tasks})
     shutil.copytree(root / "lm", root / "tts_lm")  # the same LM, recorded as TTS-only
     meta = json.loads((root / "tts_lm" / "lm.json").read_text())
     (root / "tts_lm" / "lm.json").write_text(json.dumps({**meta, "tasks": ["tts"]}))

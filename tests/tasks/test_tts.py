@@ -10,22 +10,13 @@ runs (TEXT's sentences estimated at 64 and 45 frames, or --target-seconds 0.5) o
 import json
 import shutil
 
-import flax.linen as nn
-import jax
 import numpy as np
 import pytest
 import soundfile as sf
 
 from nclm.cli import main
-from nclm.codec import config as codec_config
-from nclm.codec.interface import NeuralCodec
-from nclm.codec.model import init_codec
-from nclm.lm import config as lm_config
-from nclm.lm.checkpoint import save_lm
-from nclm.lm.model import init_lm
 from nclm.tasks.tts import SENTENCE_GAP_SECONDS, Request, Synthesizer, split_sentences
-from nclm.text.frontend import TextFrontend
-from nclm.text.symbols import SymbolTable
+from tests.tasks.tiny_checkpoints import write_tiny_checkpoints
 
 SR, HOP = 16000, 320
 GAP = round(SENTENCE_GAP_SECONDS * SR)
@@ -44,22 +35,7 @@ def _voice(seconds: float, sample_rate: int = SR, f0: float = 130.0) -> np.ndarr
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("tts")
-    ccfg = codec_config.tiny("dac")
-    codec = NeuralCodec(ccfg, init_codec(ccfg, jax.random.PRNGKey(0)))
-    cid = codec.save(root / "codec")
-    frontend = TextFrontend("graphemes")
-    table = SymbolTable.build(frontend.tokens_batch(CORPUS), frontend)
-    cfg = lm_config.tiny(num_codebooks=4, codebook_size=256, text_vocab_size=len(table))
-    params = nn.meta.unbox(init_lm(cfg, jax.random.PRNGKey(1)))["params"]
-    facts = {
-        "codec_id": cid,
-        "sample_rate": SR,
-        "frame_rate": codec.frame_rate,
-        "num_codebooks": 4,
-        "codebook_size": 256,
-    }
-    extra = {"max_text_tokens": 96, "max_audio_frames": 160}
-    save_lm(root / "lm", cfg, params, table, facts, extra)
+    write_tiny_checkpoints(root, CORPUS, {"max_text_tokens": 96, "max_audio_frames": 160})
     sf.write(root / "voice.wav", _voice(1.0), SR)
     return root
 
