@@ -24,9 +24,9 @@ from jax.experimental import multihost_utils
 
 
 def _preemption_service() -> bool:
-    from jax._src import distributed
-
-    return distributed.global_state.preemption_sync_manager is not None
+    """Whether jax started its preemption notifier: `jax.distributed.initialize` does so unless
+    the `jax_enable_preemption_service` option is off (public API only, no jax internals)."""
+    return jax.distributed.is_initialized() and bool(jax.config.jax_enable_preemption_service)
 
 
 class StopSignals:
