@@ -6,7 +6,7 @@
     nclm train --config FILE.py[:ARG] --workdir DIR [--config.key=value ...]
     nclm tts --lm DIR --codec DIR --text ... --prompt WAV ...  (nclm/tasks/cli.py)
     nclm enhance|remove-speech|extract|edit IN OUT --lm DIR --codec DIR ...  (tasks/speechx_cli.py)
-    nclm bench codec|codec-train|lm-train|lm-decode|compile|masked|memory ... (nclm/bench/)
+    nclm bench codec|codec-train|lm-train|lm-decode|compile|masked|memory|speechx ... (nclm/bench/)
     nclm eval score ROWS.jsonl --out DIR | valle-list ...         (nclm/eval/cli.py)
 
 Each command group is a function that registers its subcommands (`_command_groups`) through
@@ -209,6 +209,7 @@ _BENCHES = (
     ("compile", "compile", "compile time and HLO size of the LM decoding programs", False),
     ("masked", "masked", "masked (SoundStorm) TTS speed, codec included: RTF", False),
     ("memory", "memory", "per-device memory of a train step on a target mesh, compiled AOT", True),
+    ("speechx", "speechx", "SpeechX: enhance with AR + NAR vs masked, simulation cost", False),
 )
 
 

@@ -53,6 +53,7 @@ def test_bench_codec_without_reference(monkeypatch, capsys):
     assert capsys.readouterr().out.count("reference unavailable") == 1
 
 
+@pytest.mark.xdist_group("codec_dac_step")  # one compiled tiny DAC GAN step, shared
 def test_bench_codec_train_runs_the_configs_step(tmp_path):
     """The sharded tiny DAC step of tests/train (same shapes and mesh: a compile-cache hit)."""
     from nclm.bench import codec_train as bench_train
@@ -109,6 +110,37 @@ def test_bench_masked_tiny(capsys):
     assert result["rtf"] == pytest.approx(result["total_s"] / 2)
     json_line = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(json_line)["command"] == result["command"]
+
+
+def test_bench_speechx_decode_part(tmp_path, capsys):
+    """Noise suppression of 0.5 s (25 frames) with the SpeechX LM: AR + NAR against masked
+    (16 + Q - 1 = 23 passes); bad --parts fail before any model work."""
+    from nclm.bench import speechx
+
+    parser = argparse.ArgumentParser()
+    speechx.add_arguments(parser)
+    for parts, match in (("decode,nope", "--parts"), ("step", "add simulate")):
+        with pytest.raises(ValueError, match=match):
+            speechx.run(parser.parse_args(["--parts", parts]))
+    argv = [
+        "--seconds",
+        "0.5",
+        "--repeats",
+        "1",
+        "--parts",
+        "decode",
+        "--json",
+        str(tmp_path / "x"),
+    ]
+    result = speechx.run(parser.parse_args(argv))
+    d = result["decode"]
+    assert (d["frames"], d["masked_passes"]) == (25, 16 + 8 - 1)
+    assert d["ar_nar_s"] > 0 and d["masked_over_ar_nar"] == pytest.approx(
+        d["masked_s"] / d["ar_nar_s"]
+    )
+    assert "simulate" not in result and "step" not in result
+    assert "AR + NAR" in capsys.readouterr().out
+    assert json.loads((tmp_path / "x").read_text())["decode"] == d
 
 
 def test_bench_lm_train_counts_model_flops(tmp_path):
