@@ -20,6 +20,8 @@ noise kinds and the transcript rate of NS/SR/TSE (SpeechX's 0.5). Validation rep
 accuracy per task (eval/<task>/ar|nar|masked/top1). The paper's two-stage schedule is not
 reproduced: its details are not verified in REFERENCE.md; init_from (with fresh task-token
 rows) and a short warmup stand in for it. `speechx.py:steps=N` sets the steps.
+`nclm simulate` draws examples that fit the largest buckets below (simulation.max_prefix and
+max_frames default to them; nclm.tasks.simulate says how), so training skips none.
 """
 
 from nclm.lm import config as lm_configs

@@ -134,6 +134,14 @@ def layout_example(
     )
 
 
+def prefix_slots(task: str, text_len: int, frames: dict[str, int]) -> int:
+    """len(layout_example(...).prefix) from the text length and each part's frame count, without
+    the codes: [BOS, text, EOS], every frame part, one slot per task token."""
+    if task not in _SEGMENTS:
+        raise ValueError(f"task {task!r}: expected one of {TASKS}")
+    return text_len + 2 + sum(1 if what == "token" else frames[n] for what, n in _SEGMENTS[task])
+
+
 def stack_prefixes(examples: list[Example], num_slots: int) -> dict:
     """Batch arrays of the prefixes, right-padded to num_slots: text int32[B, Lp], text_len,
     prefix_kind int32[B, Lp], prefix_codes int32[B, Q, Lp]."""

@@ -21,7 +21,15 @@ subset of indices can be made in any order, on any host, after any crash, and is
     nse   the same with one noise under everything at SNR ~ U(cfg.snr_db): pre/mid/post are
           (u1 u2 u3 + n) cut at the utterance boundaries, target = u1 u4 u3 + n' where n' is the
           same noise stream (its level kept, only the middle stretch follows the new length)
-NS, SR and TSE keep the transcript with probability cfg.text_prob (SpeechX: 0.5). Every part is
+NS, SR and TSE keep the transcript with probability cfg.text_prob (SpeechX: 0.5).
+
+Length budget: with `cfg.max_prefix` / `cfg.max_frames` set (the LM's largest buckets: prefix
+slots and target frames + EOS, as configs/lm/speechx.py sets them), an example that would not fit
+is drawn again (same task, other utterances, from the same generator: still a pure function of
+(seed, index)); edits drop their post, then also their pre utterance after a few tries. Without
+it, three-utterance edits of 5 s utterances outgrow the buckets and training skips them (most
+`nse` examples of the quickstart corpus did). After cfg.max_draws tries the last draw is kept
+and the token pipeline skips it. Every part is
 zero-padded to a whole number of codec hops, so the frames of pre/edit/post add up exactly in the
 jointly encoded target.
 
@@ -38,6 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nclm.audio import noise as noise_lib
+from nclm.lm import speechx
 from nclm.lm.speechx import TASKS as TASK_NAMES
 
 
@@ -58,6 +67,9 @@ class SimConfig:
     enrol_seconds: tuple[float, float] = (1.0, 3.0)
     edit_drop: float = 0.125
     babble_talkers: int = 3
+    max_prefix: int = 0  # prefix slots (BOS, text, EOS, frames, task tokens); 0: no limit
+    max_frames: int = 0  # target frames + its EOS frame; 0: no limit
+    max_draws: int = 16
 
     def __post_init__(self):
         unknown = set(self.weights) - set(TASK_NAMES)
@@ -68,6 +80,8 @@ class SimConfig:
         bad = set(self.noise_kinds) - set(noise_lib.KINDS)
         if bad or not self.noise_kinds:
             raise ValueError(f"noise_kinds {self.noise_kinds}: expected some of {noise_lib.KINDS}")
+        if min(self.max_prefix, self.max_frames) < 0 or self.max_draws < 1:
+            raise ValueError("simulation max_prefix, max_frames >= 0 (0: none), max_draws >= 1")
         for name in ("snr_db", "sir_db", "enrol_seconds"):
             low, high = getattr(self, name)
             if not low <= high:
@@ -83,6 +97,9 @@ class SimConfig:
             "enrol_seconds": list(self.enrol_seconds),
             "edit_drop": self.edit_drop,
             "babble_talkers": self.babble_talkers,
+            "max_prefix": self.max_prefix,
+            "max_frames": self.max_frames,
+            "max_draws": self.max_draws,
         }
 
 
@@ -136,6 +153,27 @@ def simulate(
     p = np.array([cfg.weights[t] for t in tasks], np.float64)
     task = tasks[int(rng.choice(len(tasks), p=p / p.sum()))]
     c = _Corpus(corpus)
+    for attempt in range(cfg.max_draws):
+        example = _draw(rng, c, cfg, task, sample_rate, hop, attempt)
+        if fits(example, cfg, hop):
+            break
+    example.info["draws"] = attempt + 1
+    return example
+
+
+def fits(example: SimExample, cfg: SimConfig, hop: int) -> bool:
+    """Whether the laid-out example fits cfg's length budget (module docstring)."""
+    frames = {name: -(-len(wav) // hop) for name, wav in example.parts.items()}
+    text_len = 0 if example.text is None else len(example.text)
+    slots = speechx.prefix_slots(example.task, text_len, frames)
+    target = -(-len(example.target) // hop) + 1
+    return (not cfg.max_prefix or slots <= cfg.max_prefix) and (
+        not cfg.max_frames or target <= cfg.max_frames
+    )
+
+
+def _draw(rng, c: _Corpus, cfg: SimConfig, task: str, sample_rate: int, hop: int, attempt: int):
+    corpus = c.utts
     i = int(rng.integers(len(corpus)))
     u = corpus[i]
     info = {"utterance": i, "task": task}
@@ -160,12 +198,14 @@ def simulate(
         enrol = _pad(enrol[: int(seconds * sample_rate)], hop)
         text = u.text if keep_text else None
         return SimExample(task, text, {"enrol": enrol, "mixture": mix}, s, info)
-    return _edit(rng, c, cfg, task, i, sample_rate, hop, info)
+    return _edit(rng, c, cfg, task, i, sample_rate, hop, info, attempt)
 
 
-def _edit(rng, c: _Corpus, cfg: SimConfig, task: str, i: int, rate: int, hop: int, info: dict):
+def _edit(rng, c: _Corpus, cfg, task: str, i: int, rate: int, hop: int, info: dict, attempt: int):
     u1, u2, u3, u4 = [i] + c.same_speaker(rng, c.utts[i].speaker, 3, exclude=i)
     drop_pre, drop_post = rng.random(2) < cfg.edit_drop
+    drop_post = drop_post or attempt >= cfg.max_draws // 4  # a shorter edit, once long ones failed
+    drop_pre = drop_pre or attempt >= cfg.max_draws // 2
     pre = np.zeros(0, np.float32) if drop_pre else _pad(c.utts[u1].wav, hop)
     post = np.zeros(0, np.float32) if drop_post else _pad(c.utts[u3].wav, hop)
     mid, edit = _pad(c.utts[u2].wav, hop), _pad(c.utts[u4].wav, hop)

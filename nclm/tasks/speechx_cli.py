@@ -142,6 +142,12 @@ def _simulate(args: argparse.Namespace, overrides: list[str]) -> None:
         raise ConfigError(f"--config {args.config}: has no 'simulation' section")
     sim = cfg.simulation.to_dict()
     sim = {k: tuple(v) if isinstance(v, list) else v for k, v in sim.items()}
+    if "data" in cfg and "text_buckets" in cfg.data:  # draw what the LM's largest buckets hold
+        budget = {
+            "max_prefix": max(cfg.data.text_buckets),
+            "max_frames": max(cfg.data.frame_buckets),
+        }
+        sim = {**budget, **sim}
     summary = simulate_tokens(
         args.codec,
         args.manifest,

@@ -93,6 +93,31 @@ def test_simulated_examples_are_deterministic_and_laid_out(task):
     )
 
 
+def _laid_out(example, hop: int, q: int = 2) -> sx.Example:
+    """The example laid out as the LM sees it, with zero codes of each part's frame count."""
+    codes = lambda wav: np.zeros((q, -(-len(wav) // hop)), np.int32)
+    parts = {name: codes(wav) for name, wav in example.parts.items()}
+    return sx.layout_example(example.task, example.text, codes(example.target), q, **parts)
+
+
+def test_examples_fit_the_length_budget():
+    """With max_prefix / max_frames every example fits (prefix slots as layout_example lays
+    them out; target frames + EOS), every task still appears, and the same indices drawn
+    without the budget overflow it (edits of three utterances)."""
+    hop, max_prefix, max_frames = 160, 130, 110
+    budget = SimConfig(max_prefix=max_prefix, max_frames=max_frames)
+    tasks, over = set(), 0
+    for index in range(60):
+        a = simulate(CORPUS, index, 3, budget, RATE, hop)
+        ex = _laid_out(a, hop)
+        assert len(ex.prefix) <= max_prefix and ex.target.shape[1] + 1 <= max_frames, a.info
+        tasks.add(a.task)
+        free = _laid_out(simulate(CORPUS, index, 3, SimConfig(), RATE, hop), hop)
+        over += len(free.prefix) > max_prefix or free.target.shape[1] + 1 > max_frames
+    assert tasks == set(sx.TASKS)
+    assert over >= 6, over
+
+
 def _write_corpus(root: Path) -> Path:
     records = []
     for i, utt in enumerate(CORPUS):
