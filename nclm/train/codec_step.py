@@ -5,7 +5,8 @@ One step updates, in this order and from the same batch:
      sum_name weight[name] * loss[name] over {mel, l1, adv, feat, commit, codebook},
      the adversarial terms computed with the discriminator's parameters before its update;
      or, with `losses.balancer`, EnCodec's balancer on the losses that depend on the output audio;
-  2. the discriminator on its adversarial loss against the generator's (stop-gradient) output;
+  2. the discriminator on its adversarial loss against the generator's (stop-gradient) output
+     (not at all when the adv and feat weights are both 0: reconstruction-only training);
   3. the EMA codebooks (EMA quantizers only) from the batch statistics the quantizer returned.
 With `dtype=bfloat16` the codec's encoder/decoder and the discriminators compute in bfloat16;
 parameters, optimizer state, quantizer distances and statistics, and every loss stay float32.
@@ -104,13 +105,27 @@ def make_codec_train_step(
         )
     sr = codec_cfg.sample_rate
     adv_start = int(losses_cfg.get("adversarial_start_step", 0))
+    # Reconstruction-only training (adv and feat weights 0) never runs the discriminator: its
+    # forward and backward passes are most of the GAN step's program (compile time and FLOPs).
+    adversarial = bool(weights.get("adv") or weights.get("feat"))
 
     def audio_losses(x_hat, wav, disc_params, adv_on):
         out = {"mel": L.multi_scale_mel_loss(wav, x_hat, sr), "l1": L.waveform_l1(wav, x_hat)}
-        if weights.get("adv") or weights.get("feat"):
+        if adversarial:
             adv, feat = _adv_terms(disc.apply, disc_params, wav, x_hat, losses_cfg)
             out["adv"], out["feat"] = adv * adv_on, feat * adv_on
         return out
+
+    def discriminator_update(state: CodecTrainState, wav, fake, adv_on):
+        def disc_loss(dp):
+            real_logits = [lg for lg, _ in disc.apply({"params": dp}, wav)]
+            fake_logits = [lg for lg, _ in disc.apply({"params": dp}, fake)]
+            return L.adversarial_discriminator_loss(real_logits, fake_logits, losses_cfg["gan"])
+
+        d_loss, d_grads = jax.value_and_grad(disc_loss)(state.disc_params)
+        d_grads = jax.tree_util.tree_map(lambda g: g * adv_on, d_grads)
+        d_updates, disc_opt_state = tx_d.update(d_grads, state.disc_opt_state, state.disc_params)
+        return d_loss, d_grads, optax.apply_updates(state.disc_params, d_updates), disc_opt_state
 
     def step(state: CodecTrainState, batch: dict, rng: jax.Array):
         rng = jax.random.fold_in(rng, state.step)
@@ -162,17 +177,13 @@ def make_codec_train_step(
         updates, opt_state = tx_g.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
 
-        fake = jax.lax.stop_gradient(x_hat)
-
-        def disc_loss(dp):
-            real_logits = [lg for lg, _ in disc.apply({"params": dp}, wav)]
-            fake_logits = [lg for lg, _ in disc.apply({"params": dp}, fake)]
-            return L.adversarial_discriminator_loss(real_logits, fake_logits, losses_cfg["gan"])
-
-        d_loss, d_grads = jax.value_and_grad(disc_loss)(state.disc_params)
-        d_grads = jax.tree_util.tree_map(lambda g: g * adv_on, d_grads)
-        d_updates, disc_opt_state = tx_d.update(d_grads, state.disc_opt_state, state.disc_params)
-        disc_params = optax.apply_updates(state.disc_params, d_updates)
+        if adversarial:
+            d_loss, d_grads, disc_params, disc_opt_state = discriminator_update(
+                state, wav, jax.lax.stop_gradient(x_hat), adv_on
+            )
+        else:  # nothing reads the discriminator: leave it out of the program
+            d_loss, d_grads = jnp.zeros(()), {}
+            disc_params, disc_opt_state = state.disc_params, skip_update(state.disc_opt_state)
 
         codebooks, book_metrics = state.codebooks, {}
         if codec_cfg.quantizer.kind == "ema":

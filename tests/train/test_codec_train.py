@@ -82,7 +82,14 @@ def _schedule_counts(opt_state) -> list[int]:
     return [int(s.count) for s in leaves if is_schedule(s)]
 
 
-@pytest.mark.parametrize("kind", ["dac", "seanet"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        # the DAC step's programs are the bf16 test's float32 one and `bench codec-train`'s
+        pytest.param("dac", marks=pytest.mark.xdist_group("codec_dac_step")),
+        pytest.param("seanet", marks=pytest.mark.heavy),
+    ],
+)
 def test_sharded_step_equals_single_device(manifest, kind):
     """One full GAN step (generator, discriminator, EMA codebooks) on a 4 x 2 data x fsdp mesh
     equals the step on one device, and each is Adam's first step written out by hand; a second
@@ -131,6 +138,7 @@ def test_sharded_step_equals_single_device(manifest, kind):
     assert _schedule_counts(state.opt_state) == _schedule_counts(state.disc_opt_state) == [2]
 
 
+@pytest.mark.xdist_group("codec_dac_step")  # one compiled tiny DAC GAN step, shared
 def test_bfloat16_step_is_close_to_float32(manifest):
     """--config.train.compute_dtype=bfloat16: one GAN step (the same batch and state as the sharded
     test, so the float32 program is cached) is finite, keeps float32 parameters and optimizer
@@ -157,6 +165,7 @@ def test_bfloat16_step_is_close_to_float32(manifest):
         build_codec_trainer(_tiny_cfg("dac", manifest, compute_dtype="fp8"), mesh, segment, 8)
 
 
+@pytest.mark.xdist_group("codec_seanet_run")  # one compiled tiny SEANet training run, shared
 def test_resume_equals_uninterrupted(manifest, tmp_path):
     cfg = _tiny_cfg("seanet", manifest, steps=6, log_every=1, eval_every=3, checkpoint_every=2)
     cfg.data.batch_size = 8  # over the 8-device data mesh: sharded state through save/restore
@@ -176,8 +185,10 @@ def test_resume_equals_uninterrupted(manifest, tmp_path):
     jax.tree_util.tree_map(np.testing.assert_array_equal, a.variables, b.variables)
 
 
+@pytest.mark.heavy
 def test_overfitting_two_clips_halves_the_mel_loss(manifest):
-    """The generator learns: 80 reconstruction-only steps on one fixed batch halve the mel loss."""
+    """The generator learns: 80 reconstruction-only steps (no discriminator in the program) on one
+    fixed batch halve the mel loss."""
     cfg = _tiny_cfg("dac", manifest)
     cfg.optim.lr = 1e-3
     cfg.losses.weights.adv = cfg.losses.weights.feat = 0.0  # reconstruction alone
@@ -186,11 +197,17 @@ def test_overfitting_two_clips_halves_the_mel_loss(manifest):
     batch = {"wav": wav, "mask": np.ones_like(wav)}
     trainer = build_codec_trainer(cfg, make_mesh({"data": 1}, jax.devices()[:1]), segment, 2)
     state, mel = trainer.init(jax.random.PRNGKey(0)), []
+    disc0 = jax.device_get(state.disc_params)
     for _ in range(80):
         state, metrics = trainer.step(state, batch, jax.random.PRNGKey(1))
         mel.append(float(metrics["loss/mel"]))
     assert metrics["nonfinite"] == 0
     assert np.median(mel[-10:]) <= 0.5 * mel[0], mel  # median: quantizer dropout varies levels
+    # Reconstruction alone leaves the discriminator out of the step: untouched, its schedule
+    # still following the step counter.
+    assert metrics["loss/disc"] == metrics["grad_norm/discriminator"] == 0
+    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(state.disc_params), disc0)
+    assert _schedule_counts(state.disc_opt_state) == [80]
 
 
 CRASHER = textwrap.dedent("""
