@@ -57,6 +57,24 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "needs(*names): the test fails (not skips) when a module/program is absent"
     )
+    config.addinivalue_line(
+        "markers", "heavy: minutes of compiling on a fresh machine; scheduled first"
+    )
+
+
+def pytest_collection_modifyitems(items):
+    """The heavy tests first (longest-first packing of the xdist workers: a minutes-long test
+    started last leaves the other worker idle), each `xdist_group` together and in file order:
+    `launch/test.sh` runs `--dist loadgroup`, so a group's tests run one after another on one
+    worker and the later ones load the programs the first compiled from the persistent cache
+    (two workers compiling the same program at once both miss it)."""
+
+    def rank(item):
+        group = item.get_closest_marker("xdist_group")
+        heavy = group is not None or item.get_closest_marker("heavy") is not None
+        return (not heavy, group.args[0] if group else "")
+
+    items.sort(key=rank)  # stable: file order within each rank
 
 
 @pytest.hookimpl(tryfirst=True)

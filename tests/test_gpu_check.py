@@ -6,9 +6,12 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.heavy
 def test_gpu_check_dry_run_writes_the_table(tmp_path):
     env = dict(os.environ, OUT=str(tmp_path))
     env.pop("XLA_FLAGS", None)  # one CPU device, as the script runs outside the test suite

@@ -102,6 +102,7 @@ def _assert_same_metrics(a, b, rtol=1e-5, atol=1e-6):
             np.testing.assert_allclose(y[k], x[k], rtol=rtol, atol=atol, err_msg=f"{x['step']} {k}")
 
 
+@pytest.mark.heavy
 def test_lm_on_two_processes_resumes_stops_together_and_equals_one(tmp_path):
     """Steps 1-2 in this process (8 devices), saved; 2 processes x 4 devices resume from that
     checkpoint; SIGTERM to process 1 alone stops both at the same step, saved, exit 0; this
@@ -145,6 +146,7 @@ def test_lm_on_two_processes_resumes_stops_together_and_equals_one(tmp_path):
     jax.tree_util.tree_map(close, params, reference)
 
 
+@pytest.mark.xdist_group("codec_seanet_run")  # one compiled tiny SEANet training run, shared
 def test_codec_training_on_two_processes_equals_one(tmp_path):
     """EMA codebooks initialised by k-means on the first global batch, 3 GAN steps, evaluation
     and export: 2 processes (each reading its 4 rows of every batch of 8) equal one process."""
