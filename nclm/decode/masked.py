@@ -150,6 +150,12 @@ def estimate_frames(prompt_frames: int, prompt_tokens: int, target_tokens: int) 
     return max(1, round(prompt_frames / prompt_tokens * max(target_tokens, 0)))
 
 
+def _pairs(cond: jax.Array, uncond: jax.Array) -> jax.Array:
+    """[2B, ...]: rows c_0, u_0, c_1, u_1, ...; a batch split over devices keeps each row's two
+    halves on its device (a plain concatenation would move them across devices every pass)."""
+    return jnp.stack([cond, uncond], axis=1).reshape(-1, *cond.shape[1:])
+
+
 def _guided_logits(model, params, ctx, frames, level, lam, guided: bool) -> jax.Array:
     """float32[B, T, V]: (1 + w) ℓ_c - w ℓ_u from one pass of batch 2B, or ℓ_c without guidance."""
     text, text_len, prompt_len, gen_len, task, semantic, prefix = ctx
@@ -176,15 +182,16 @@ def _guided_logits(model, params, ctx, frames, level, lam, guided: bool) -> jax.
     both_semantic = None
     if semantic is not None:  # the null condition drops the semantic ids too
         null_semantic = layout.drop_semantic(drop, semantic, model.cfg.semantic_null_id)
-        both_semantic = jnp.concatenate([semantic, null_semantic])
+        both_semantic = _pairs(semantic, null_semantic)
     both = run(
-        *(jnp.concatenate([c, u]) for c, u in zip((text, text_len, frames), null)),
-        jnp.concatenate([total, total]),
-        jnp.concatenate([task, task]),
+        *(_pairs(c, u) for c, u in zip((text, text_len, frames), null)),
+        _pairs(total, total),
+        _pairs(task, task),
         both_semantic,
-        None if prefix is None else jax.tree.map(lambda x: jnp.concatenate([x, x]), prefix),
+        None if prefix is None else jax.tree.map(lambda x: _pairs(x, x), prefix),
     )
-    cond, uncond = jnp.split(both, 2)
+    both = both.reshape(-1, 2, *both.shape[1:])
+    cond, uncond = both[:, 0], both[:, 1]
     return (1 + lam) * cond - lam * uncond  # exact at w = 0 and w = -1
 
 

@@ -2,7 +2,7 @@
 
 nclm tts --lm DIR --codec DIR --text "..." --prompt voice.wav --prompt-text "..." --out out.wav
          [--temperature 1.0 --top-k 0 --top-p 1.0 --ras --seed 0 --max-seconds S --resample]
-nclm tts --lm DIR --codec DIR --batch requests.jsonl [--batch-size 8 ...]
+nclm tts --lm DIR --codec DIR --batch requests.jsonl [--batch-size 8 --devices N ...]
 nclm tts ... --mode masked [--target-seconds S] [--iterations 16,1 --guidance ramp_up
          --guidance-max 2.0 --guidance-min 0.0 --span 1 --choice-temperature 1.0
          --masked-temperature 1.0]
@@ -15,7 +15,8 @@ then masked levels 2..Q instead of the NAR) take the masked-decoding flags, whic
 
 requests.jsonl holds one {"text", "prompt", "prompt_text", "out"} object per line; relative paths
 are relative to the file's directory. Batch mode decodes sentences of the same shape bucket
-together (nclm/tasks/tts.py says how text becomes sentences, ids and frames, and the limits).
+together (nclm/tasks/tts.py says how text becomes sentences, ids and frames, and the limits),
+each batch spread over up to --devices local devices (default all; 1: one device), data-parallel.
 Every request is checked before any model work; each output is the generated speech only, written
 atomically at the codec's sample rate.
 """
@@ -58,6 +59,12 @@ def register(groups: argparse._SubParsersAction) -> None:
         help='many requests: lines {"text", "prompt", "prompt_text", "out"}',
     )
     p.add_argument("--batch-size", type=int, default=8, help="sentences decoded at once (8)")
+    p.add_argument(
+        "--devices",
+        type=int,
+        metavar="N",
+        help="local devices a batch's rows spread over (default: all; 1 = one device)",
+    )
     p.add_argument("--temperature", type=float, default=1.0, help="AR sampling; 0 = greedy")
     p.add_argument("--top-k", type=int, default=0, help="AR top-k filter; 0 = off")
     p.add_argument("--top-p", type=float, default=1.0, help="AR nucleus filter; 1 = off")
@@ -156,7 +163,7 @@ def run(args: argparse.Namespace) -> None:
     from nclm.audio.io import save_audio
     from nclm.tasks.tts import Synthesizer
 
-    synth = Synthesizer(args.lm, args.codec, args.dtype, args.batch_size)
+    synth = Synthesizer(args.lm, args.codec, args.dtype, args.batch_size, args.devices)
     plan = synth.plan(requests, args.resample, args.max_seconds, args.mode, args.target_seconds)
     wavs = synth.run(plan, sampling, args.seed, schedule)
     for out, wav, passes in zip(outs, wavs, synth.passes):

@@ -42,7 +42,9 @@ FRAME_BUCKET frames; batch rows a power of two up to `batch_size`) so that repea
 compiled programs. `plan` does every check from metadata, audio headers and text alone; weights
 load at the first `run`. Batch k of a run samples with fold_in(PRNGKey(seed), k): the output is
 deterministic for a seed and a set of requests, but a request batched with others differs from
-the same request alone.
+the same request alone. A batch of R rows spreads over d local devices (parameters replicated,
+rows split; d the largest power of two <= min(R, `devices`) dividing R, so one request stays on
+one device): the samples are the same for any d.
 """
 
 from __future__ import annotations
@@ -131,15 +133,19 @@ class Synthesizer:
         codec_dir: str | os.PathLike,
         dtype: Any = jnp.float32,
         batch_size: int = 8,
+        devices: int | None = None,
     ):
-        """Reads lm.json and codec.json only and checks that they belong together."""
+        """Reads lm.json and codec.json only and checks that they belong together. `devices`:
+        how many local devices a batch may spread over (None: all; nclm/tasks/data_parallel.py)."""
         from nclm.codec.checkpoint import read_codec_meta
         from nclm.codec.config import CodecConfig
         from nclm.lm.checkpoint import read_lm_meta
+        from nclm.tasks.data_parallel import check_devices
         from nclm.text.symbols import SymbolTable
 
         if batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+        self.num_devices = check_devices(devices)
         self.lm_dir, self.codec_dir = Path(lm_dir), Path(codec_dir)
         self.dtype, self.batch_size = jnp.dtype(dtype), batch_size
         meta = read_lm_meta(self.lm_dir)
@@ -168,7 +174,8 @@ class Synthesizer:
             )
         self.max_text_tokens = meta.get("max_text_tokens")
         self.max_audio_frames = meta.get("max_audio_frames")
-        self._params = self._codec = None
+        self._placement = self._params = self._codec = None
+        self.batch_devices: list[int] = []  # per batch of the last run: devices its rows spread on
 
     # -- facts ---------------------------------------------------------------------------------
     @property
@@ -378,6 +385,7 @@ class Synthesizer:
         prompts = [self._encode(wav) for wav in plan.prompts]  # int32[Q, P_i] each
         speech: list[np.ndarray] = [np.zeros(0, np.float32)] * len(plan.segments)
         self.passes = [0] * plan.num_requests
+        self.batch_devices = []
         key = jax.random.PRNGKey(seed)
         for k, rows in enumerate(self._batches(plan, prompts)):
             segments = [plan.segments[i] for i in rows]
@@ -394,13 +402,16 @@ class Synthesizer:
         return [np.concatenate(p).astype(np.float32) for p in parts]
 
     def _load(self) -> None:
-        if self._params is not None:
+        if self._placement is not None:
             return
         from nclm.codec.interface import NeuralCodec
         from nclm.lm.checkpoint import load_lm
+        from nclm.tasks.data_parallel import DataParallel
 
         _, params, _, _ = load_lm(self.lm_dir)
-        self._params = jax.device_put(params)
+        # a batch has at most batch_size rows, so no more devices than that can take a share
+        self._placement = DataParallel(params, min(self.num_devices, self.batch_size))
+        self._params = self._placement.params(1)  # device 0's copy (SpeechXRunner decodes on it)
         self._codec = NeuralCodec.load(self.codec_dir)
 
     def _encode(self, wav: np.ndarray) -> np.ndarray:
@@ -455,33 +466,37 @@ class Synthesizer:
         n = len(segments)
         num_rows = min(1 << (n - 1).bit_length(), self.batch_size)
         rows = segments + [segments[0]] * (num_rows - n)
-        inputs = self._inputs(rows, prompts)
-        text, text_len, prompt, prompt_len = inputs
+        d = self._placement.devices_for(num_rows)
+        params, shard = self._placement.params(d), lambda *x: self._placement.shard(d, *x)
         budget = np.array([s.max_new for s in rows], np.int32)  # AR: most frames; masked: all
+        inputs = shard(*self._inputs(rows, prompts))
+        text, text_len, prompt, prompt_len = inputs
         num_frames = _round_up(int(budget.max()), FRAME_BUCKET)
         common = {"cfg": self.cfg, "dtype": self.dtype}
         masked = {"schedule": schedule, **common}
         if mode == "masked":
-            lengths = budget
+            (lengths,) = shard(budget)
             frames, passes = masked_generate(
-                self._params, *inputs, lengths, key, num_frames=num_frames, **masked
+                params, *inputs, lengths, key, num_frames=num_frames, **masked
             )
         else:
             ar_key, key = jax.random.split(key)
             level1, lengths = ar_generate(
-                self._params, text, text_len, prompt[:, 0], prompt_len, ar_key,
+                params, text, text_len, prompt[:, 0], prompt_len, ar_key,
                 max_new=num_frames, sampling=sampling, min_new=1, **common,
             )  # fmt: skip
             lengths = np.minimum(np.asarray(lengths), budget).astype(np.int32)
             num_frames = min(num_frames, _round_up(int(lengths.max()), FRAME_BUCKET))
-            level1 = level1[:, :num_frames]
+            level1, lengths = shard(level1[:, :num_frames], lengths)
             if mode == "ar":
-                frames = nar_generate(self._params, *inputs, level1, lengths, key, **common)
+                frames = nar_generate(params, *inputs, level1, lengths, key, **common)
                 passes = 0
             else:
                 frames, passes = masked_generate(
-                    self._params, *inputs, lengths, key, given=level1[:, None],
+                    params, *inputs, lengths, key, given=level1[:, None],
                     num_frames=num_frames, start_level=2, **masked,
                 )  # fmt: skip
-        wavs, samples = self._codec.decode(np.asarray(frames), lengths)
+        # the devices the decoder's output rows lie on: d unless the program replicated them
+        self.batch_devices.append(num_rows // frames.sharding.shard_shape(frames.shape)[0])
+        wavs, samples = self._codec.decode(np.asarray(frames), np.asarray(lengths))
         return [wavs[b, : samples[b]] for b in range(n)], int(passes)

@@ -15,6 +15,8 @@ import pytest
 import soundfile as sf
 
 from nclm.cli import main
+from nclm.decode.sampling import SamplingConfig
+from nclm.tasks.data_parallel import devices_for
 from nclm.tasks.tts import SENTENCE_GAP_SECONDS, Request, Synthesizer, split_sentences
 from tests.tasks.tiny_checkpoints import write_tiny_checkpoints
 
@@ -116,23 +118,56 @@ def test_target_seconds_sets_the_masked_length(setup, capsys):
     assert rate == SR and len(wav) == 2 * 25 * HOP + GAP  # 25 frames per sentence
 
 
-def test_tts_batch_mode(setup, capsys):
+def test_tts_batch_mode_spreads_a_batch_over_devices(setup, capsys, monkeypatch):
+    """The 4 sentences of 3 requests share one bucket (4 rows): by default its rows are split over
+    4 of the 8 fake devices (parameters replicated), and the speech equals `--devices 1`'s
+    sample for sample. `batch_devices` comes from the sharding of the decoder's output."""
     sf.write(setup / "voice2.wav", _voice(0.9), SR)
     requests = [
-        {"text": TEXT, "prompt": "voice.wav", "prompt_text": PROMPT_TEXT, "out": "b/1.wav"},
-        {"text": "Hello.", "prompt": "voice2.wav", "prompt_text": "hello", "out": "b/2.flac"},
-        {"text": "The fox", "prompt": "voice.wav", "prompt_text": PROMPT_TEXT, "out": "b/3.wav"},
+        {"text": TEXT, "prompt": "voice.wav", "prompt_text": PROMPT_TEXT, "out": "1.wav"},
+        {"text": "Hello.", "prompt": "voice2.wav", "prompt_text": "hello", "out": "2.flac"},
+        {"text": "The fox", "prompt": "voice.wav", "prompt_text": PROMPT_TEXT, "out": "3.wav"},
     ]
-    jsonl = setup / "requests.jsonl"
-    jsonl.write_text("".join(json.dumps(r) + "\n" for r in requests))
-    main(_tts(setup, "--batch", str(jsonl), "--batch-size", "4", "--temperature", "0.8"))
-    assert capsys.readouterr().out.count("wrote") == 3
+    used, run = [], Synthesizer.run
+    monkeypatch.setattr(Synthesizer, "run", lambda self, *a: (run(self, *a), used.append(self))[0])
+    wavs = {}
+    for folder, devices in (("b", []), ("b1", ["--devices", "1"])):
+        jsonl = setup / f"requests_{folder}.jsonl"
+        lines = [json.dumps({**r, "out": f"{folder}/{r['out']}"}) for r in requests]
+        jsonl.write_text("".join(line + "\n" for line in lines))
+        main(
+            _tts(
+                setup, "--batch", str(jsonl), "--batch-size", "4", "--temperature", "0.8", *devices
+            )
+        )
+        assert capsys.readouterr().out.count("wrote") == 3
+        wavs[folder] = [sf.read(setup / folder / r["out"], dtype="float32") for r in requests]
+    assert [synth.batch_devices for synth in used] == [[4], [1]]
     lengths = []
-    for r in requests:
-        wav, rate = sf.read(setup / r["out"], dtype="float32")
+    for (wav, rate), (wav1, _) in zip(wavs["b"], wavs["b1"]):
         assert rate == SR and len(wav) > 0
+        np.testing.assert_array_equal(wav, wav1)
         lengths.append(len(wav))
     assert (lengths[0] - GAP) % HOP == 0 and lengths[1] % HOP == 0 and lengths[2] % HOP == 0
+
+
+def test_masked_batch_spread_over_devices_gives_the_same_speech(setup):
+    """Masked decoding (guided: the batch doubles inside) of 4 requests on 4 devices equals the
+    1-device decode. A single request stays on one device (`devices_for`)."""
+    texts = ["The dog jumps.", "Hello fox!", "The quick fox.", "Is it raining?"]
+    requests = [Request(t, setup / "voice.wav", PROMPT_TEXT) for t in texts]
+    options = {"sampling": SamplingConfig(top_k=50), "mode": "masked", "target_seconds": 0.5}
+    wavs = {}
+    for devices in (1, 4):
+        synth = Synthesizer(setup / "lm", setup / "codec", batch_size=4, devices=devices)
+        wavs[devices] = synth.synthesize_batch(requests, seed=3, **options)
+        assert synth.batch_devices == [devices]
+    assert all(len(w) == 25 * HOP for w in wavs[4])
+    for one, four in zip(wavs[1], wavs[4]):
+        np.testing.assert_array_equal(one, four)
+    assert len({w.tobytes() for w in wavs[4]}) == 4  # four texts, four different utterances
+    rows_devices = [(1, 8), (2, 8), (4, 8), (8, 8), (16, 8), (8, 4), (6, 8), (4, 1), (3, 8)]
+    assert [devices_for(*rd) for rd in rows_devices] == [1, 2, 4, 8, 8, 4, 2, 1, 1]
 
 
 def test_resample_flag(setup, capsys):
@@ -183,6 +218,8 @@ def _bad_inputs(root) -> dict[str, tuple[list[str], tuple[str, ...]]]:
         "no transcript": (no_transcript + ["--out", str(out)], ("--prompt-text", "transcript")),
         "bad output": (_single(root, root / "x.mp4"), ("x.mp4", "extension")),
         "bad sampling": (_single(root, out, "hi", "voice.wav", "--top-p", "0"), ("--top-p",)),
+        "too many devices": (_single(root, out) + ["--devices", "9"], ("--devices 9", "1 to 8")),
+        "no devices": (_single(root, out) + ["--devices", "0"], ("--devices 0", "1 to 8")),
         "batch keys": (
             _tts(root, "--batch", str(root / "bad.jsonl")),
             ("bad.jsonl:1", "missing ['prompt_text', 'out']"),
@@ -221,6 +258,8 @@ def _masked(root, out, *extra: str) -> list[str]:
         "no transcript",
         "bad output",
         "bad sampling",
+        "too many devices",
+        "no devices",
         "batch keys",
         "bad iterations",
         "iterations syntax",
