@@ -54,7 +54,8 @@ def start(
         env = plain_launch(processes, free_port()) if processes > 1 else lambda _: {}
     base = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_PROCESS", "SLURM_"))}
     base.update(
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES // processes}",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES // processes} "
+        "--xla_backend_optimization_level=0",  # as tests/conftest.py: compiles faster
         JAX_PLATFORMS="cpu",
         PYTHONPATH=str(ROOT),
         NCLM_INIT_TIMEOUT_S="60",
