@@ -4,4 +4,4 @@
 # core: most of the suite's time is XLA compiling, which one process does on one core.
 set -euo pipefail
 source "$(dirname "$0")/setup.sh"
-python -m pytest -q -n auto --dist loadgroup --durations=15 tests "$@"
+python -m pytest -q -n auto --dist loadfile --durations=15 tests "$@"

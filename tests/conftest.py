@@ -67,18 +67,14 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(items):
-    """The heavy tests first (longest-first packing of the xdist workers: a minutes-long test
-    started last leaves the other worker idle), each `xdist_group` together and in file order:
-    `launch/test.sh` runs `--dist loadgroup`, so a group's tests run one after another on one
-    worker and the later ones load the programs the first compiled from the persistent cache
-    (two workers compiling the same program at once both miss it)."""
-
-    def rank(item):
-        group = item.get_closest_marker("xdist_group")
-        heavy = group is not None or item.get_closest_marker("heavy") is not None
-        return (not heavy, group.args[0] if group else "")
-
-    items.sort(key=rank)  # stable: file order within each rank
+    """The heavy tests first, so their files are handed out first (longest-first packing of the
+    xdist workers: a minutes-long file started last leaves the other worker idle).
+    `launch/test.sh` runs `--dist loadfile`: one file's tests run in turn on one worker, so the
+    later tests of a file load the programs its earlier ones compiled (tests/train/
+    test_codec_train.py: the tiny DAC step) from the persistent cache, instead of two workers
+    compiling the same program at once and both missing it. (`--dist loadgroup` would group
+    across files, but its nodeid suffix does not take with this pytest: the groups split.)"""
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)  # stable sort
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -53,9 +53,9 @@ def test_bench_codec_without_reference(monkeypatch, capsys):
     assert capsys.readouterr().out.count("reference unavailable") == 1
 
 
-@pytest.mark.xdist_group("codec_dac_step")  # one compiled tiny DAC GAN step, shared
+@pytest.mark.heavy
 def test_bench_codec_train_runs_the_configs_step(tmp_path):
-    """The sharded tiny DAC step of tests/train (same shapes and mesh: a compile-cache hit)."""
+    """The sharded tiny DAC step of tests/train (same shapes and mesh), timed through the bench."""
     from nclm.bench import codec_train as bench_train
 
     parser = argparse.ArgumentParser()

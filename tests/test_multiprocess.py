@@ -146,7 +146,7 @@ def test_lm_on_two_processes_resumes_stops_together_and_equals_one(tmp_path):
     jax.tree_util.tree_map(close, params, reference)
 
 
-@pytest.mark.xdist_group("codec_seanet_run")  # one compiled tiny SEANet training run, shared
+@pytest.mark.heavy
 def test_codec_training_on_two_processes_equals_one(tmp_path):
     """EMA codebooks initialised by k-means on the first global batch, 3 GAN steps, evaluation
     and export: 2 processes (each reading its 4 rows of every batch of 8) equal one process."""

@@ -85,8 +85,8 @@ def _schedule_counts(opt_state) -> list[int]:
 @pytest.mark.parametrize(
     "kind",
     [
-        # the DAC step's programs are the bf16 test's float32 one and `bench codec-train`'s
-        pytest.param("dac", marks=pytest.mark.xdist_group("codec_dac_step")),
+        # the DAC step's one-device program is the bf16 test's float32 one (same worker)
+        pytest.param("dac", marks=pytest.mark.heavy),
         pytest.param("seanet", marks=pytest.mark.heavy),
     ],
 )
@@ -138,7 +138,7 @@ def test_sharded_step_equals_single_device(manifest, kind):
     assert _schedule_counts(state.opt_state) == _schedule_counts(state.disc_opt_state) == [2]
 
 
-@pytest.mark.xdist_group("codec_dac_step")  # one compiled tiny DAC GAN step, shared
+@pytest.mark.heavy
 def test_bfloat16_step_is_close_to_float32(manifest):
     """--config.train.compute_dtype=bfloat16: one GAN step (the same batch and state as the sharded
     test, so the float32 program is cached) is finite, keeps float32 parameters and optimizer
@@ -165,7 +165,7 @@ def test_bfloat16_step_is_close_to_float32(manifest):
         build_codec_trainer(_tiny_cfg("dac", manifest, compute_dtype="fp8"), mesh, segment, 8)
 
 
-@pytest.mark.xdist_group("codec_seanet_run")  # one compiled tiny SEANet training run, shared
+@pytest.mark.heavy
 def test_resume_equals_uninterrupted(manifest, tmp_path):
     cfg = _tiny_cfg("seanet", manifest, steps=6, log_every=1, eval_every=3, checkpoint_every=2)
     cfg.data.batch_size = 8  # over the 8-device data mesh: sharded state through save/restore
