@@ -126,8 +126,8 @@ def _utterances(count: int, seed: int = 0) -> list:
     return corpus
 
 
-def _simulate(examples: int, codec_config: str) -> tuple[dict, list]:
-    """Per-example seconds of simulating waveforms and of encoding them; the examples."""
+def _simulate(examples: int, codec_config: str) -> dict:
+    """Per-example seconds of simulating waveforms and of encoding them."""
     import jax
 
     from nclm.codec.config import CodecConfig
@@ -148,7 +148,7 @@ def _simulate(examples: int, codec_config: str) -> tuple[dict, list]:
     audio_s = sum(len(s.target) + sum(len(p) for p in s.parts.values()) for s in sims) / 16000
     encode_examples(codec, sims, 16)  # compiles every bucket
     start = time.perf_counter()
-    encoded = encode_examples(codec, sims, 16)
+    encode_examples(codec, sims, 16)
     encode_s = (time.perf_counter() - start) / examples
     return {
         "examples": examples,
@@ -156,7 +156,7 @@ def _simulate(examples: int, codec_config: str) -> tuple[dict, list]:
         "encode_ms_per_example": 1e3 * encode_s,
         "audio_seconds_per_example": audio_s / examples,
         "examples_per_s": 1 / (simulate_s + encode_s),
-    }, encoded
+    }
 
 
 def _step(cfg, lm, per_example_s: float, repeats: int) -> dict:
@@ -234,7 +234,7 @@ def run(args: argparse.Namespace) -> dict:
             f"{d['masked_over_ar_nar']:.2f} x AR + NAR"
         )
     if "simulate" in parts:
-        result["simulate"], _ = _simulate(args.examples, args.codec_config)
+        result["simulate"] = _simulate(args.examples, args.codec_config)
         s = result["simulate"]
         print(
             f"simulate {s['simulate_ms_per_example']:.1f} ms/example "

@@ -21,17 +21,17 @@ subset of indices can be made in any order, on any host, after any crash, and is
     nse   the same with one noise under everything at SNR ~ U(cfg.snr_db): pre/mid/post are
           (u1 u2 u3 + n) cut at the utterance boundaries, target = u1 u4 u3 + n' where n' is the
           same noise stream (its level kept, only the middle stretch follows the new length)
-NS, SR and TSE keep the transcript with probability cfg.text_prob (SpeechX: 0.5).
-
-Length budget: with `cfg.max_prefix` / `cfg.max_frames` set (the LM's largest buckets: prefix
-slots and target frames + EOS, as configs/lm/speechx.py sets them), an example that would not fit
-is drawn again (same task, other utterances, from the same generator: still a pure function of
-(seed, index)); edits drop their post, then also their pre utterance after a few tries. Without
-it, three-utterance edits of 5 s utterances outgrow the buckets and training skips them (most
-`nse` examples of the quickstart corpus did). After cfg.max_draws tries the last draw is kept
-and the token pipeline skips it. Every part is
+NS, SR and TSE keep the transcript with probability cfg.text_prob (SpeechX: 0.5). Every part is
 zero-padded to a whole number of codec hops, so the frames of pre/edit/post add up exactly in the
 jointly encoded target.
+
+Length budget: with `cfg.max_prefix` / `cfg.max_frames` set (the LM's largest buckets: prefix
+slots and target frames + EOS; `nclm simulate` takes them from the config's buckets), an example
+that would not fit is drawn again (same task, other utterances, from the same generator: still a
+pure function of (seed, index)); edits drop their post, then also their pre utterance after a
+few tries. Without it, three-utterance edits of 5 s utterances outgrow the buckets and training
+skips them (most `nse` examples of the quickstart corpus did). After cfg.max_draws tries the last
+draw is kept and the token pipeline skips it.
 
 SNR range: SpeechX's own range is not published in what REFERENCE.md verified; UniAudio draws an
 integer SNR in [-20, 40] dB. We default to U(-5, 20) dB: below -5 dB the speech of a small corpus
@@ -201,7 +201,17 @@ def _draw(rng, c: _Corpus, cfg: SimConfig, task: str, sample_rate: int, hop: int
     return _edit(rng, c, cfg, task, i, sample_rate, hop, info, attempt)
 
 
-def _edit(rng, c: _Corpus, cfg, task: str, i: int, rate: int, hop: int, info: dict, attempt: int):
+def _edit(
+    rng,
+    c: _Corpus,
+    cfg: SimConfig,
+    task: str,
+    i: int,
+    rate: int,
+    hop: int,
+    info: dict,
+    attempt: int,
+):
     u1, u2, u3, u4 = [i] + c.same_speaker(rng, c.utts[i].speaker, 3, exclude=i)
     drop_pre, drop_post = rng.random(2) < cfg.edit_drop
     drop_post = drop_post or attempt >= cfg.max_draws // 4  # a shorter edit, once long ones failed
