@@ -21,10 +21,10 @@ import soxr
 from nclm.atomic import atomic_path
 
 # Extensions picked up when a command scans a directory for audio.
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".opus", ".aiff", ".aif")
 
 # Extensions whose soundfile format name is not the extension itself.
-_FORMAT_ALIASES = {"AIF": "AIFF", "OPUS": "OGG"}
+_FORMAT_ALIASES = {"AIF": "AIFF", "OPUS": "OGG", "OGA": "OGG"}
 
 
 class AudioError(ValueError):

@@ -6,8 +6,10 @@
 
 Example `index` draws everything from `np.random.default_rng([seed, index])`: the task (by
 `cfg.weights`), the utterance, the noise (nclm.audio.noise: white, pink, brown, tone, modulated,
-babble of other speakers) and its SNR, the interfering speaker and its level, the edit. So any
-subset of indices can be made in any order, on any host, after any crash, and is identical.
+babble of other speakers; "recorded": a stretch of a file of cfg.noise_manifest, e.g. MUSAN's
+noise folder, nclm.tasks.recorded_noise) and its SNR, the interfering speaker and its level, the
+edit. So any subset of indices can be made in any order, on any host, after any crash, and is
+identical (given the same noise files).
 
     tts   target = s
     ns    mixture = s + n at SNR ~ U(cfg.snr_db), target = s
@@ -49,6 +51,8 @@ from nclm.audio import noise as noise_lib
 from nclm.lm import speechx
 from nclm.lm.speechx import TASKS as TASK_NAMES
 
+RECORDED = "recorded"  # a noise kind: a stretch of a file of SimConfig.noise_manifest
+
 
 @dataclass(frozen=True)
 class Utterance:
@@ -62,7 +66,8 @@ class SimConfig:
     weights: dict = field(default_factory=lambda: {t: 1.0 for t in TASK_NAMES})
     snr_db: tuple[float, float] = (-5.0, 20.0)
     sir_db: tuple[float, float] = (-3.0, 6.0)  # target speaker over the interfering one
-    noise_kinds: tuple[str, ...] = noise_lib.KINDS
+    noise_kinds: tuple[str, ...] = noise_lib.KINDS  # and "recorded": noise_manifest's files
+    noise_manifest: str = ""  # a manifest of any audio (nclm data manifest --layout folder)
     text_prob: float = 0.5
     enrol_seconds: tuple[float, float] = (1.0, 3.0)
     edit_drop: float = 0.125
@@ -77,9 +82,16 @@ class SimConfig:
             raise ValueError(f"simulation weights {self.weights}: tasks from {TASK_NAMES}, one > 0")
         if any(w < 0 for w in self.weights.values()):
             raise ValueError(f"simulation weights {self.weights}: must be >= 0")
-        bad = set(self.noise_kinds) - set(noise_lib.KINDS)
+        kinds = (*noise_lib.KINDS, RECORDED)
+        bad = set(self.noise_kinds) - set(kinds)
         if bad or not self.noise_kinds:
-            raise ValueError(f"noise_kinds {self.noise_kinds}: expected some of {noise_lib.KINDS}")
+            raise ValueError(f"noise_kinds {self.noise_kinds}: expected some of {kinds}")
+        if (RECORDED in self.noise_kinds) != bool(self.noise_manifest):
+            raise ValueError(
+                f"simulation noise_kinds {self.noise_kinds}, noise_manifest "
+                f"{self.noise_manifest!r}: the kind {RECORDED!r} and a noise manifest go together"
+                " (nclm data manifest --layout folder NOISE_DIR --out DIR)"
+            )
         if min(self.max_prefix, self.max_frames) < 0 or self.max_draws < 1:
             raise ValueError("simulation max_prefix, max_frames >= 0 (0: none), max_draws >= 1")
         for name in ("snr_db", "sir_db", "enrol_seconds"):
@@ -93,6 +105,7 @@ class SimConfig:
             "snr_db": list(self.snr_db),
             "sir_db": list(self.sir_db),
             "noise_kinds": list(self.noise_kinds),
+            "noise_manifest": self.noise_manifest,
             "text_prob": self.text_prob,
             "enrol_seconds": list(self.enrol_seconds),
             "edit_drop": self.edit_drop,
@@ -117,8 +130,9 @@ def _pad(wav: np.ndarray, hop: int) -> np.ndarray:
 
 
 class _Corpus:
-    def __init__(self, corpus: list[Utterance]):
+    def __init__(self, corpus: list[Utterance], noises=None):
         self.utts = corpus
+        self.noises = noises
         self.by_speaker: dict[str, list[int]] = {}
         for i, u in enumerate(corpus):
             self.by_speaker.setdefault(u.speaker, []).append(i)
@@ -136,6 +150,10 @@ class _Corpus:
 
 def _noise(rng, corpus: _Corpus, cfg: SimConfig, speaker: str, num: int, rate: int):
     kind = cfg.noise_kinds[int(rng.integers(len(cfg.noise_kinds)))]
+    if kind == RECORDED:
+        if corpus.noises is None:
+            raise ValueError(f"simulation noise kind {RECORDED!r}: simulate() got no recordings")
+        return corpus.noises.draw(rng, num), kind
     talkers = None
     if kind == "babble":
         talkers = [
@@ -145,14 +163,21 @@ def _noise(rng, corpus: _Corpus, cfg: SimConfig, speaker: str, num: int, rate: i
 
 
 def simulate(
-    corpus: list[Utterance], index: int, seed: int, cfg: SimConfig, sample_rate: int, hop: int = 1
+    corpus: list[Utterance],
+    index: int,
+    seed: int,
+    cfg: SimConfig,
+    sample_rate: int,
+    hop: int = 1,
+    noises=None,
 ) -> SimExample:
-    """Example `index` of the stream (module docstring)."""
+    """Example `index` of the stream (module docstring); `noises` (a RecordedNoise of
+    cfg.noise_manifest at `sample_rate`) serves the "recorded" noise kind."""
     rng = np.random.default_rng([seed, index])
     tasks = [t for t in TASK_NAMES if cfg.weights.get(t, 0) > 0]
     p = np.array([cfg.weights[t] for t in tasks], np.float64)
     task = tasks[int(rng.choice(len(tasks), p=p / p.sum()))]
-    c = _Corpus(corpus)
+    c = _Corpus(corpus, noises)
     for attempt in range(cfg.max_draws):
         example = _draw(rng, c, cfg, task, sample_rate, hop, attempt)
         if fits(example, cfg, hop):

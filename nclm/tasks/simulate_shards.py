@@ -53,6 +53,7 @@ from nclm.data.tokens import (
     shard_name,
 )
 from nclm.lm.speechx import TASKS, layout_example
+from nclm.tasks.recorded_noise import RecordedNoise
 from nclm.tasks.simulate import SimConfig, Utterance, simulate
 
 
@@ -76,6 +77,8 @@ def load_corpus(manifest, table_path, sample_rate: int, progress=True, frontend=
 
 def _fingerprint(codec_id, manifest, table, seed, cfg, shard_size, num_examples) -> str:
     digest = hashlib.sha1(Path(manifest).read_bytes())
+    if cfg.noise_manifest:  # its list of files, not only its path
+        digest.update(Path(cfg.noise_manifest).read_bytes())
     facts = (codec_id, json.dumps(table.to_dict(), sort_keys=True), seed, shard_size, num_examples)
     for part in (*facts, json.dumps(cfg.to_dict(), sort_keys=True), "speechx"):
         digest.update(str(part).encode())
@@ -149,6 +152,9 @@ def simulate_tokens(
         raise TokensError(f"--num-examples: expected an integer >= 1, got {num_examples!r}")
     codec_cfg, codec_id = _check_inputs(codec_dir, manifest, out, symbols, batch_size, shard_size)
     table, corpus = load_corpus(manifest, symbols, codec_cfg.sample_rate, progress, frontend)
+    noises = None
+    if cfg.noise_manifest:
+        noises = RecordedNoise(cfg.noise_manifest, codec_cfg.sample_rate)
     fingerprint = _fingerprint(codec_id, manifest, table, seed, cfg, shard_size, num_examples)
     num_shards = math.ceil(num_examples / shard_size)
     index = jax.process_index() if process_index is None else process_index
@@ -169,7 +175,7 @@ def simulate_tokens(
             return {"out": str(out), "index": None, "stopped": True}
         ids = range(k * shard_size, min(num_examples, (k + 1) * shard_size))
         hop = codec_cfg.hop_length
-        sims = [simulate(corpus, i, seed, cfg, codec_cfg.sample_rate, hop) for i in ids]
+        sims = [simulate(corpus, i, seed, cfg, codec_cfg.sample_rate, hop, noises) for i in ids]
         examples = encode_examples(codec, sims, batch_size)
         lengths = {
             "fingerprint": fingerprint,

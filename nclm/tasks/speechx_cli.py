@@ -6,9 +6,10 @@ nclm remove-speech IN OUT --lm DIR --codec DIR [--text "..."]
 nclm extract IN --enroll SPEAKER.wav OUT --lm DIR --codec DIR [--text "..."]
 nclm edit IN --span START:END --text "the full new transcript" OUT --lm DIR --codec DIR [--noisy]
 nclm enhance --batch requests.jsonl --lm DIR --codec DIR     # lines {"in", "out", "text"?,
-                                                             #  "enroll"?, "span"?, "noisy"?}
+    [--batch-size 8 --devices N]                             #  "enroll"?, "span"?, "noisy"?}
 nclm simulate --config configs/lm/speechx.py --codec DIR --manifest M.jsonl --out DIR
-              --num-examples N [--symbols SYMBOLS.json] [--config.simulation.snr_db="(0.0, 10.0)"]
+              --num-examples N [--symbols SYMBOLS.json] [--noise NOISE.jsonl]
+              [--config.simulation.snr_db="(0.0, 10.0)"]
 
 Every request is checked before any model work (nclm/tasks/speechx.py lists the checks); outputs
 are written atomically. Batch paths are relative to the JSONL file's directory.
@@ -46,6 +47,12 @@ def register(groups: argparse._SubParsersAction) -> None:
         p.add_argument("--temperature", type=float, default=0.0, help="AR sampling; 0 = greedy")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+        p.add_argument("--batch-size", type=int, default=8, help="requests decoded at once (8)")
+        p.add_argument(
+            "--devices",
+            type=int,
+            help="local devices a batch's rows spread over (default: all; 1 = one device)",
+        )
         p.set_defaults(
             func=lambda args, _, c=command: run(c, args), command_parser=p, intermixed=True
         )
@@ -56,6 +63,12 @@ def register(groups: argparse._SubParsersAction) -> None:
     p.add_argument("--symbols", metavar="SYMBOLS.json", help="the TTS corpus's symbol table")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--num-examples", type=int, required=True)
+    p.add_argument(
+        "--noise",
+        metavar="NOISE.jsonl",
+        help="recorded noise too: a manifest of any audio (nclm data manifest --layout folder "
+        "MUSAN/noise --out DIR); adds the kind 'recorded' to simulation.noise_kinds",
+    )
     p.add_argument("--shard-size", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=16)
     p.set_defaults(func=_simulate, command_parser=p, accepts_overrides=True)
@@ -126,7 +139,7 @@ def run(command: str, args: argparse.Namespace) -> None:
 
     requests = requests_of(command, args)
     _check_outputs([Path(r.out) for r in requests], args.batch)
-    runner = SpeechXRunner(args.lm, args.codec, args.dtype)
+    runner = SpeechXRunner(args.lm, args.codec, args.dtype, args.batch_size, args.devices)
     checked = runner.check(requests)
     for line in runner.run(checked, args.mode, args.seed, SamplingConfig(args.temperature)):
         print(line)
@@ -148,6 +161,9 @@ def _simulate(args: argparse.Namespace, overrides: list[str]) -> None:
             "max_frames": max(cfg.data.frame_buckets),
         }
         sim = {**budget, **sim}
+    if args.noise:
+        sim["noise_manifest"] = args.noise
+        sim["noise_kinds"] = tuple(dict.fromkeys((*sim.get("noise_kinds", ()), "recorded")))
     summary = simulate_tokens(
         args.codec,
         args.manifest,

@@ -11,12 +11,14 @@ import pytest
 import soundfile as sf
 
 from nclm.audio import noise as N
+from nclm.audio.io import AudioError, load_audio
 from nclm.codec import config
 from nclm.codec.interface import NeuralCodec
 from nclm.codec.model import init_codec
-from nclm.data.manifest import write_manifest
+from nclm.data.manifest import manifest_from_folder, write_manifest
 from nclm.data.token_pipeline import make_eval_batches
 from nclm.lm import speechx as sx
+from nclm.tasks.recorded_noise import RecordedNoise
 from nclm.tasks.simulate import SimConfig, Utterance, simulate
 from nclm.tasks.simulate_shards import simulate_tokens
 
@@ -133,12 +135,88 @@ def _write_corpus(root: Path) -> Path:
     return root / "train.jsonl"
 
 
+def _write_noises(root: Path) -> Path:
+    """A noise folder as `nclm data manifest --layout folder` reads it: a 1 s recording at
+    another rate (resampled on load), and a 0.1 s Ogg Vorbis one (.oga, as Debian's sound themes
+    ship them) that draws must loop."""
+    t = np.arange(22050) / 22050
+    hum = 0.1 * np.sin(2 * np.pi * 120 * t) + 0.05 * np.random.default_rng(0).standard_normal(
+        t.size
+    )
+    (root / "noise" / "hum").mkdir(parents=True)
+    sf.write(root / "noise" / "hum" / "hum.wav", hum.astype(np.float32), 22050)
+    click = np.zeros(1600, np.float32)
+    click[::200] = 0.5
+    sf.write(root / "noise" / "hum" / "click.oga", click, RATE, format="OGG", subtype="VORBIS")
+    write_manifest(root / "noise.jsonl", manifest_from_folder(root / "noise"))
+    return root / "noise.jsonl"
+
+
+def test_recorded_noise_draws_stretches_of_the_files(tmp_path):
+    """Each draw is a contiguous stretch of one file (at the codec's rate), looped when the file
+    is shorter, and a function of the rng; in simulation the kind "recorded" mixes it at the
+    drawn SNR within 0.1 dB."""
+    bank = RecordedNoise(_write_noises(tmp_path), RATE)
+    files = [load_audio(p, RATE) for p in bank.paths]
+    assert sorted(len(f) for f in files) == [1600, 16000]
+    seen = set()
+    for k in range(12):
+        n = bank.draw(np.random.default_rng(k), 4000)
+        np.testing.assert_array_equal(n, bank.draw(np.random.default_rng(k), 4000))
+        assert n.shape == (4000,) and n.dtype == np.float32
+        for i, f in enumerate(files):
+            twice = np.concatenate([f, f, f, f])  # every stretch of the looped file lies in it
+            hits = [s for s in range(len(f)) if np.array_equal(twice[s : s + 4000], n)]
+            if hits:
+                seen.add(i)
+                if len(f) >= 4000:  # a long file is cropped, never wrapped
+                    assert hits[0] + 4000 <= len(f)
+    assert seen == {0, 1}, seen
+
+    cfg = SimConfig(weights={"ns": 1.0}, noise_kinds=("recorded",), noise_manifest="x.jsonl")
+    a = simulate(CORPUS, 4, 0, cfg, RATE, 160, bank)
+    assert a.info["noise"] == "recorded"
+    mix = a.parts["mixture"].astype(np.float64)
+    assert abs(N.snr_db(a.target, mix - a.target) - a.info["snr_db"]) < 0.1
+    np.testing.assert_array_equal(
+        a.parts["mixture"], simulate(CORPUS, 4, 0, cfg, RATE, 160, bank).parts["mixture"]
+    )
+
+
+def test_recorded_noise_errors(tmp_path):
+    with pytest.raises(ValueError, match="noise manifest go together"):
+        SimConfig(noise_kinds=("pink", "recorded"))
+    with pytest.raises(ValueError, match="noise manifest go together"):
+        SimConfig(noise_kinds=("pink",), noise_manifest="noise.jsonl")
+    write_manifest(
+        tmp_path / "gone.jsonl",
+        [{"utt_id": "a", "audio": "a.wav", "duration": 1.0, "speaker": "x"}],
+    )
+    with pytest.raises(AudioError, match=r"gone.jsonl:1: noise .*a.wav"):
+        RecordedNoise(tmp_path / "gone.jsonl", RATE)
+    sf.write(tmp_path / "quiet.wav", np.zeros(800, np.float32), RATE)
+    write_manifest(
+        tmp_path / "q.jsonl",
+        [{"utt_id": "q", "audio": "quiet.wav", "duration": 0.05, "speaker": "x"}],
+    )
+    with pytest.raises(AudioError, match="quiet.wav is silent"):
+        RecordedNoise(tmp_path / "q.jsonl", RATE).draw(np.random.default_rng(0), 100)
+
+
 def test_shards_resume_byte_identical_and_read_back(tmp_path):
     cfg = config.tiny("dac")
     NeuralCodec(cfg, init_codec(cfg, jax.random.PRNGKey(0))).save(tmp_path / "codec")
     manifest = _write_corpus(tmp_path)
+    noise = str(_write_noises(tmp_path))
+    sim = SimConfig(noise_kinds=("pink", "recorded"), noise_manifest=noise)
     kw = dict(
-        num_examples=10, seed=3, shard_size=4, batch_size=8, progress=False, frontend="graphemes"
+        num_examples=10,
+        seed=3,
+        shard_size=4,
+        batch_size=8,
+        progress=False,
+        frontend="graphemes",
+        cfg=sim,
     )
     whole, crashed = tmp_path / "whole", tmp_path / "crashed"
     simulate_tokens(tmp_path / "codec", manifest, whole, **kw)
