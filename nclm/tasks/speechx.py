@@ -22,6 +22,10 @@ SILENCE_PEAK), an enrolment clip outside ENROL_SECONDS, a span outside the audio
 reversed, text with symbols the LM's table lacks, a prefix or output longer than the model was
 trained for (lm.json max_text_tokens / max_audio_frames: a clear error, no windowing), and a
 checkpoint whose lm.json does not list the task among those it was trained on.
+Requests are decoded in batches of one shape bucket (prefix slots PREFIX_BUCKET, known start
+and frame budget FRAME_BUCKET; at most `batch_size` rows), each spread over up to `devices`
+local devices as in `nclm tts`; batch k samples with fold_in(PRNGKey(seed), k), so greedy
+decoding (the default) gives a request the same output alone or batched, on any device count.
 Outputs are written atomically at the codec's sample rate.
 """
 
@@ -29,7 +33,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import jax
@@ -41,6 +45,7 @@ from nclm.decode.sampling import SamplingConfig
 from nclm.lm import speechx as sx
 from nclm.tasks.tts import FRAME_BUCKET, Synthesizer, _round_up
 
+PREFIX_BUCKET = 32  # prefix slots (text, task tokens, acoustic prompt frames)
 SILENCE_PEAK = 1e-3  # |x| below this everywhere: no signal to transform
 ENROL_SECONDS = (1.0, 10.0)
 COMMANDS = {"ns": "enhance", "sr": "remove-speech", "tse": "extract", "cse": "edit", "nse": "edit"}
@@ -65,8 +70,7 @@ class _Job:
     request: TaskRequest
     example: sx.Example  # prefix laid out; its target holds the known start (edits) only
     start: int  # known output frames (an edit's pre)
-    total: int  # output frames for masked decoding; AR's most frames
-    wav: np.ndarray = field(repr=False)
+    total: int  # output frames (the input's); an AR edit ends at its EOS instead
 
 
 def parse_span(text: str, option: str = "--span") -> tuple[float, float]:
@@ -80,10 +84,11 @@ def parse_span(text: str, option: str = "--span") -> tuple[float, float]:
 
 
 class SpeechXRunner(Synthesizer):
-    """Checks requests from metadata and audio, then decodes them one by one."""
+    """Checks requests from metadata and audio, then decodes them in batches of one shape
+    bucket, each spread over up to `devices` local devices (nclm/tasks/data_parallel.py)."""
 
-    def __init__(self, lm_dir, codec_dir, dtype=jnp.float32):
-        super().__init__(lm_dir, codec_dir, dtype, batch_size=1)
+    def __init__(self, lm_dir, codec_dir, dtype=jnp.float32, batch_size=8, devices=None):
+        super().__init__(lm_dir, codec_dir, dtype, batch_size, devices)
         from nclm.lm.checkpoint import read_lm_meta
 
         self.trained_tasks = read_lm_meta(self.lm_dir).get("tasks", ["tts"])
@@ -173,7 +178,7 @@ class SpeechXRunner(Synthesizer):
             ex = sx.layout_example(r.task, audio["text"], c[:, : a + 1], q, **parts)
             start, total = a, num
         self._check_size(r, len(ex.prefix), total)
-        return _Job(r, ex, start, total, audio["in"])
+        return _Job(r, ex, start, total)
 
     def _check_size(self, r: TaskRequest, prefix_len: int, frames: int) -> None:
         limits = ((prefix_len, self.max_text_tokens, "prompt slots (text + audio frames)"),
@@ -187,66 +192,108 @@ class SpeechXRunner(Synthesizer):
 
     # -- decoding ------------------------------------------------------------------------------
     def run(self, checked, mode: str, seed: int, sampling=None, schedule=None) -> list[str]:
-        """Decodes and writes every checked request; returns a line per output."""
+        """Decodes and writes every checked request; returns a line per output, in order."""
         from nclm.audio.io import save_audio
 
         sampling = sampling or SamplingConfig(temperature=0.0)
         schedule = schedule or MaskedSchedule(guidance="none")
         self._load()
-        lines = []
-        for k, (r, audio) in enumerate(checked):
+        jobs = []
+        for r, audio in checked:
             codes = {name: self._encode(audio[name]) for name in ("in", "enroll") if name in audio}
-            job = self._layout(r, audio, codes)
-            out = self._decode_job(job, codes["in"], mode, jax.random.PRNGKey(seed + k),
-                                   sampling, schedule)  # fmt: skip
-            wavs, samples = self._codec.decode(out[None], np.array([out.shape[1]]))
-            save_audio(r.out, wavs[0, : samples[0]], self.sample_rate)
-            lines.append(f"wrote {r.out} ({samples[0] / self.sample_rate:.2f} s, {r.task})")
+            jobs.append((self._layout(r, audio, codes), codes["in"]))
+        lines = [""] * len(jobs)
+        self.batch_devices = []
+        key = jax.random.PRNGKey(seed)
+        for k, rows in enumerate(self._job_batches([job for job, _ in jobs], mode)):
+            outs = self._decode_batch(
+                [jobs[i] for i in rows], mode, jax.random.fold_in(key, k), sampling, schedule
+            )
+            for i, out in zip(rows, outs):
+                r = jobs[i][0].request
+                wavs, samples = self._codec.decode(out[None], np.array([out.shape[1]]))
+                save_audio(r.out, wavs[0, : samples[0]], self.sample_rate)
+                lines[i] = f"wrote {r.out} ({samples[0] / self.sample_rate:.2f} s, {r.task})"
         return lines
 
-    def _decode_job(self, job, c_in, mode, key, sampling, schedule) -> np.ndarray:
-        """int32[Q, T]: the known start then the generated frames."""
+    def _budget(self, job: _Job, mode: str) -> int:
+        """Frames decoding may make for the job: its output's, or an edit's with room to run
+        longer (AR stops at EOS), rounded to the frame bucket."""
+        gen = job.total - job.start
+        grow = mode != "masked" and job.request.task in ("cse", "nse")
+        return _round_up(max(gen, 1) + (gen // 2 + 8 if grow else 0), FRAME_BUCKET)
+
+    def _job_batches(self, jobs: list[_Job], mode: str) -> list[list[int]]:
+        """Job indices grouped by shape bucket (prefix slots, known start, frame budget), at
+        most batch_size each, so a batch compiles one program and pads little."""
+        groups: dict[tuple[int, int, int], list[int]] = {}
+        for i, job in enumerate(jobs):
+            bucket = (
+                _round_up(len(job.example.prefix), PREFIX_BUCKET),
+                _round_up(max(job.start, 1), FRAME_BUCKET),
+                self._budget(job, mode),
+            )
+            groups.setdefault(bucket, []).append(i)
+        return [
+            rows[first : first + self.batch_size]
+            for _, rows in sorted(groups.items())
+            for first in range(0, len(rows), self.batch_size)
+        ]
+
+    def _decode_batch(self, jobs, mode, key, sampling, schedule) -> list[np.ndarray]:
+        """int32[Q, T] per job: its known start then the generated frames. Rows are padded to a
+        power of two (repeating the first job) and spread over the devices like `nclm tts`."""
         from nclm.decode.ar import ar_generate
         from nclm.decode.masked import masked_generate
         from nclm.decode.nar import nar_generate
 
-        q, ex = self.cfg.num_codebooks, job.example
-        num_slots = _round_up(len(ex.prefix), 32)
-        arrays = sx.stack_prefixes([ex], num_slots)
-        text, text_len = jnp.asarray(arrays["text"]), jnp.asarray(arrays["text_len"])
-        prefix = sx.Prefix(jnp.asarray(arrays["prefix_kind"]), jnp.asarray(arrays["prefix_codes"]))
-        prompt = np.zeros((1, q, _round_up(max(job.start, 1), FRAME_BUCKET)), np.int32)
-        prompt[0, :, : job.start] = c_in[:q, : job.start]
-        prompt, start = jnp.asarray(prompt), jnp.asarray([job.start], jnp.int32)
-        gen = job.total - job.start
-        grow = mode != "masked" and job.request.task in ("cse", "nse")  # the edit may run longer
-        num_frames = _round_up(max(gen, 1) + (gen // 2 + 8 if grow else 0), FRAME_BUCKET)
-        common = {"cfg": self.cfg, "dtype": self.dtype}
-        inputs = (self._params, text, text_len, prompt, start)
+        n, q = len(jobs), self.cfg.num_codebooks
+        num_rows = min(1 << (n - 1).bit_length(), self.batch_size)
+        rows = jobs + [jobs[0]] * (num_rows - n)
+        d = self._placement.devices_for(num_rows)
+        params, shard = self._placement.params(d), lambda *x: self._placement.shard(d, *x)
+        examples = [job.example for job, _ in rows]
+        arrays = sx.stack_prefixes(
+            examples, _round_up(max(len(ex.prefix) for ex in examples), PREFIX_BUCKET)
+        )
+        starts = np.array([job.start for job, _ in rows], np.int32)
+        prompt = np.zeros(
+            (num_rows, q, _round_up(max(int(starts.max()), 1), FRAME_BUCKET)), np.int32
+        )
+        for b, (job, c_in) in enumerate(rows):
+            prompt[b, :, : job.start] = c_in[:q, : job.start]
+        gen = np.array([job.total - job.start for job, _ in rows], np.int32)
+        budget = np.array([self._budget(job, mode) for job, _ in rows], np.int32)
+        num_frames = int(budget.max())
+        text, text_len, kind, codes, prompt, start = shard(
+            arrays["text"], arrays["text_len"], arrays["prefix_kind"], arrays["prefix_codes"],
+            prompt, starts,
+        )  # fmt: skip
+        prefix = sx.Prefix(kind, codes)
+        common = {"cfg": self.cfg, "dtype": self.dtype, "prefix": prefix}
+        inputs = (params, text, text_len, prompt, start)
         if mode == "masked":
-            frames, _ = masked_generate(
-                *inputs,
-                jnp.asarray([gen], jnp.int32),
-                key,
-                prefix=prefix,
-                num_frames=num_frames,
-                schedule=schedule,
-                **common,
-            )
-            length = gen
+            lengths = gen
+            frames, _ = masked_generate(*inputs, *shard(gen), key, num_frames=num_frames,
+                                        schedule=schedule, **common)  # fmt: skip
         else:
             # ns/sr/tse: exactly the input's frames (EOS held off, then cut); edits: until EOS
-            fixed = job.request.task in ("ns", "sr", "tse")
-            level1, lengths = ar_generate(self._params, text, text_len, prompt[:, 0], start, key,
-                                          prefix=prefix, max_new=num_frames, sampling=sampling,
-                                          min_new=gen if fixed else 1, **common)  # fmt: skip
-            lengths = jnp.minimum(lengths, gen) if fixed else lengths
-            length = int(lengths[0])
+            fixed = np.array([job.request.task in ("ns", "sr", "tse") for job, _ in rows])
+            (min_new,) = shard(np.where(fixed, gen, 1).astype(np.int32))
+            level1, lengths = ar_generate(params, text, text_len, prompt[:, 0], start, key,
+                                          max_new=num_frames, sampling=sampling,
+                                          min_new=min_new, **common)  # fmt: skip
+            lengths = np.minimum(np.asarray(lengths), np.where(fixed, gen, budget)).astype(np.int32)
+            (gen_len,) = shard(lengths)
             if mode == "ar":
-                frames = nar_generate(*inputs, level1, lengths, key, prefix=prefix, **common)
+                frames = nar_generate(*inputs, level1, gen_len, key, **common)
             else:
-                frames, _ = masked_generate(*inputs, lengths, key, given=level1[:, None],
-                                            prefix=prefix, num_frames=num_frames, start_level=2,
+                frames, _ = masked_generate(*inputs, gen_len, key, given=level1[:, None],
+                                            num_frames=num_frames, start_level=2,
                                             schedule=schedule, **common)  # fmt: skip
-        gen_codes = np.asarray(frames[0, :, :length])
-        return np.concatenate([c_in[:q, : job.start], gen_codes], axis=1)
+        self.batch_devices.append(num_rows // frames.sharding.shard_shape(frames.shape)[0])
+        frames = np.asarray(frames)
+        return [
+            np.concatenate([c_in[:q, : job.start], frames[b, :, : lengths[b]]], axis=1)
+            for b, (job, c_in) in enumerate(jobs)
+        ]

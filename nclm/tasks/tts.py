@@ -174,7 +174,7 @@ class Synthesizer:
             )
         self.max_text_tokens = meta.get("max_text_tokens")
         self.max_audio_frames = meta.get("max_audio_frames")
-        self._placement = self._params = self._codec = None
+        self._placement = self._codec = None
         self.batch_devices: list[int] = []  # per batch of the last run: devices its rows spread on
 
     # -- facts ---------------------------------------------------------------------------------
@@ -411,7 +411,6 @@ class Synthesizer:
         _, params, _, _ = load_lm(self.lm_dir)
         # a batch has at most batch_size rows, so no more devices than that can take a share
         self._placement = DataParallel(params, min(self.num_devices, self.batch_size))
-        self._params = self._placement.params(1)  # device 0's copy (SpeechXRunner decodes on it)
         self._codec = NeuralCodec.load(self.codec_dir)
 
     def _encode(self, wav: np.ndarray) -> np.ndarray:

@@ -80,6 +80,48 @@ def test_batch_mode(setup, capsys):
     assert (root / "b1.wav").is_file() and (root / "b2.wav").is_file()
 
 
+def test_batch_spreads_over_devices_and_equals_one_by_one(setup, capsys, monkeypatch):
+    """Five edits, clean and noisy mixed, in batch mode: four share a shape bucket and spread
+    over 4 of the 8 fake devices, the fifth (a longer input) is a batch of its own on one. Every
+    output equals `--devices 1`'s and the same request decoded alone (`--batch-size 1`), sample
+    for sample, and is written where its line asked, in order."""
+    from nclm.tasks.speechx import SpeechXRunner
+
+    root = setup
+    sf.write(root / "longer.wav", _voice(1.4, 150.0), SR)  # 70 frames: another bucket
+    requests = [
+        {"in": "noisy.wav", "span": "0.2:0.4", "text": "the lazy fox"},
+        {"in": "longer.wav", "span": "0.2:0.4", "text": "the quick dog", "noisy": True},
+        {"in": "noisy.wav", "span": "0.1:0.3", "text": "the dog", "noisy": True},
+        {"in": "noisy.wav", "span": "0.3:0.5", "text": "a brown fox"},
+        {"in": "noisy.wav", "span": "0.0:0.2", "text": "over the dog"},
+    ]
+    used, run = [], SpeechXRunner.run
+    monkeypatch.setattr(
+        SpeechXRunner, "run", lambda self, *a: (run(self, *a), used.append(self))[0]
+    )
+    wavs = {}
+    for folder, options in (
+        ("x4", []),
+        ("x1", ["--devices", "1"]),
+        ("alone", ["--batch-size", "1"]),
+    ):
+        jsonl = root / f"edits_{folder}.jsonl"
+        lines = [json.dumps({**r, "out": f"{folder}/{k}.wav"}) for k, r in enumerate(requests)]
+        jsonl.write_text("".join(line + "\n" for line in lines))
+        main(_cmd(root, "edit", "--batch", jsonl, "--batch-size", "4", *options))
+        out = capsys.readouterr().out.splitlines()
+        assert [line.split()[1] for line in out] == [
+            str(root / folder / f"{k}.wav") for k in range(5)
+        ]
+        wavs[folder] = [sf.read(root / folder / f"{k}.wav", dtype="float32")[0] for k in range(5)]
+    assert [runner.batch_devices for runner in used] == [[4, 1], [1, 1], [1] * 5]
+    for k in range(5):
+        assert len(wavs["x4"][k]) > 0
+        np.testing.assert_array_equal(wavs["x4"][k], wavs["x1"][k])
+        np.testing.assert_array_equal(wavs["x4"][k], wavs["alone"][k])
+
+
 def _fails(capsys, argv, *names):
     with pytest.raises(SystemExit) as e:
         main(argv)
