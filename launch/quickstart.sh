@@ -5,14 +5,19 @@
 #   5. encode and decode a held-out utterance, printing the codes' shape and bitrate,
 #   6. extract the corpus's codec tokens and phonemes, 7. train a tiny codec LM (VALL-E AR + NAR
 #   and SoundStorm masked objectives on one parameter tree), 8. synthesize a sentence in a
-#   held-out speaker's voice from a prompt (zero-shot TTS), with AR + NAR and masked decoding.
+#   held-out speaker's voice from a prompt (zero-shot TTS), with AR + NAR and masked decoding,
+#   9. simulate SpeechX examples and fine-tune the LM on TTS and the five tasks together,
+#   printing each task's validation accuracy, 10. enhance and edit held-out speech with it,
+#   11. score the syntheses, the enhanced speech and the edit (nclm eval score).
 # Everything lands in runs/quickstart/ (or $1). Re-running resumes training where it stopped.
-# QUICKSTART_STEPS / QUICKSTART_LM_STEPS override the training steps (default 500 / 250).
+# QUICKSTART_STEPS / QUICKSTART_LM_STEPS / QUICKSTART_SX_STEPS override the training steps
+# (default 500 / 250 / 100); QUICKSTART_SX_EXAMPLES the simulated training examples (288).
 set -euo pipefail
 source "$(dirname "$0")/setup.sh"
 run=${1:-runs/quickstart}
 steps=${QUICKSTART_STEPS:-500}
 lm_steps=${QUICKSTART_LM_STEPS:-250}
+sx_steps=${QUICKSTART_SX_STEPS:-100}
 mkdir -p "$run"
 
 if [ ! -f "$run/corpus/test.jsonl" ]; then
@@ -91,19 +96,114 @@ print(f"run: {run}/lm_run (checkpoints, metrics.jsonl, lm/), {run}/tts.wav (AR +
       f"{run}/tts_masked.wav (masked), prompt: {run}/tts_prompt.wav")
 PY
 
+# ---- SpeechX tasks on the same tree ---------------------------------------------------------------
+# Simulated examples of TTS and the five tasks (noise: generated, babble of other speakers and,
+# where Debian's sound-theme-freedesktop is installed, its recordings; interfering speakers; edits
+# at utterance boundaries), then the TTS LM fine-tuned on all six together (configs/lm/speechx.py).
+noise=()
+sounds=/usr/share/sounds/freedesktop/stereo
+if [ -d "$sounds" ]; then
+  mkdir -p "$run/noise/freedesktop"
+  for f in "$sounds"/*.oga; do  # not the spoken channel names, not the links to other files
+    case "$(basename "$f")" in audio-channel-*) ;; *) [ -L "$f" ] || cp "$f" "$run/noise/freedesktop/" ;; esac
+  done
+  nclm data manifest --layout folder "$run/noise" --out "$run/noise_manifest" --valid 0 --test 0
+  noise=(--noise "$run/noise_manifest/train.jsonl")
+else
+  echo "quickstart: no $sounds (Debian's sound-theme-freedesktop): generated noise only"
+fi
+for split in train valid; do  # held-out speakers for validation, their own seed
+  count=$([ $split = train ] && echo "${QUICKSTART_SX_EXAMPLES:-288}" || echo 48)
+  nclm simulate --config configs/lm/speechx.py --codec "$codec" --manifest "$run/corpus/$split.jsonl" \
+    --symbols "$run/tokens/train/symbols.json" --out "$run/tokens/speechx_$split" \
+    --num-examples "$count" --config.seed=$([ $split = train ] && echo 0 || echo 1) "${noise[@]}"
+done
+nclm train --config "configs/lm/speechx.py:steps=$sx_steps" --workdir "$run/speechx_run" \
+  --config.init_from="$run/lm_run/lm" --config.train.eval_every="$sx_steps" \
+  --config.data.max_tokens=2048 --config.data.eval_batches=64 \
+  --config.data.train="$run/tokens/speechx_train" --config.data.valid="$run/tokens/speechx_valid"
+
+# held-out inputs: a test speaker's utterance under pink noise at 5 dB SNR to enhance, and two of
+# their shortest utterances back to back whose second one is replaced by another's words
+read -r span new_text < <(python - "$run" <<'PY'
+import json, os, sys
+import numpy as np
+import soundfile as sf
+from nclm.audio.noise import coloured_noise, mix_at_snr
+run = sys.argv[1]
+rows = [json.loads(line) for line in open(f"{run}/corpus/test.jsonl")]
+audio = lambda r: os.path.join(f"{run}/corpus", r["audio"])
+speaker = rows[0]["speaker"]
+mine = sorted((r for r in rows if r["speaker"] == speaker), key=lambda r: r["duration"])
+clean, rate = sf.read(audio(mine[1]), dtype="float32")
+noise = coloured_noise(np.random.default_rng(0), len(clean), "pink")
+mix, clean, _ = mix_at_snr(clean, noise, 5.0)
+sf.write(f"{run}/sx_clean.wav", clean, rate)
+sf.write(f"{run}/sx_noisy.wav", mix, rate)
+first, second = (sf.read(audio(r), dtype="float32")[0] for r in mine[:2])
+sf.write(f"{run}/sx_edit_input.wav", np.concatenate([first, second]), rate)
+span = f"{len(first) / rate:.3f}:{(len(first) + len(second)) / rate:.3f}"
+print(span, mine[0]["text"], mine[2]["text"])  # the new transcript: first, then another's words
+json.dump({"span": span, "text": f"{mine[0]['text']} {mine[2]['text']}",
+           "clean_text": mine[1]["text"]}, open(f"{run}/sx_inputs.json", "w"))
+PY
+)
+sx="$run/speechx_run/lm"
+nclm enhance "$run/sx_noisy.wav" "$run/sx_enhanced.wav" --lm "$sx" --codec "$codec"
+nclm enhance "$run/sx_noisy.wav" "$run/sx_enhanced_masked.wav" --lm "$sx" --codec "$codec" \
+  --mode masked
+nclm edit "$run/sx_edit_input.wav" --span "$span" --text "$new_text" "$run/sx_edited.wav" \
+  --lm "$sx" --codec "$codec"
+python - "$run" <<'PY'
+# SpeechX summary: validation accuracy per task on held-out speakers
+import json, sys
+run = sys.argv[1]
+rows = [json.loads(line) for line in open(f"{run}/speechx_run/metrics.jsonl")]
+ev = [r for r in rows if any(k.endswith("/ar/top1") for k in r)][-1]
+tasks = [t for t in ("tts", "ns", "sr", "tse", "cse", "nse") if f"eval/{t}/ar/top1" in ev]
+print(f"SpeechX validation top-1 at step {ev['step']} (held-out speakers; AR level 1, NAR "
+      "levels 2+, masked all levels):")
+print("  task  " + "".join(f"{t:>7}" for t in tasks))
+for obj in ("ar", "nar", "masked"):
+    print(f"  {obj:<6}" + "".join(
+        f"{ev[f'eval/{t}/{obj}/top1']:7.3f}" if f"eval/{t}/{obj}/top1" in ev else f"{'-':>7}"
+        for t in tasks))
+print(f"run: {run}/speechx_run (lm/), {run}/sx_noisy.wav -> sx_enhanced.wav (AR + NAR), "
+      f"sx_enhanced_masked.wav (masked); {run}/sx_edit_input.wav -> sx_edited.wav")
+PY
+
 # ---- scoring the generated speech (nclm eval) ---------------------------------------------------
-# WER (pocketsphinx), SIM to the prompt (resemblyzer) and DNSMOS of both syntheses. pocketsphinx
-# cannot follow espeak-ng's formant voices and this LM has trained for minutes: a check that the
-# evaluation runs, not a measurement.
+# TTS: WER (pocketsphinx), SIM to the prompt (resemblyzer) and DNSMOS of both syntheses; enhance:
+# PESQ-WB, STOI, SI-SDR against the clean speech, next to the noisy input's own; edit: WER of the
+# new transcript, SIM, mel distance outside the span. pocketsphinx cannot follow espeak-ng's
+# formant voices and these LMs trained for minutes: a check that the evaluation runs, not a
+# measurement.
 python - "$run" <<'PY'
 import json, sys
 import soundfile as sf
 run = sys.argv[1]
-with open(f"{run}/tts_rows.jsonl", "w") as f:
-    for name in ("tts", "tts_masked"):
-        if sf.info(f"{run}/{name}.wav").frames:  # a model this small may stop at once
-            f.write(json.dumps({"id": name, "audio": f"{name}.wav", "prompt": "tts_prompt.wav",
-                                "text": "The quick brown fox jumps over the lazy dog.",
-                                "task": "tts"}) + "\n")
+sx = json.load(open(f"{run}/sx_inputs.json"))
+rows = [{"id": name, "audio": f"{name}.wav", "prompt": "tts_prompt.wav",
+         "text": "The quick brown fox jumps over the lazy dog.", "task": "tts"}
+        for name in ("tts", "tts_masked")]
+rows += [{"id": name, "audio": f"{name}.wav", "reference": "sx_clean.wav",
+          "text": sx["clean_text"], "task": "ns"}
+         for name in ("sx_noisy", "sx_enhanced", "sx_enhanced_masked")]
+rows.append({"id": "sx_edited", "audio": "sx_edited.wav", "reference": "sx_edit_input.wav",
+             "span": [float(x) for x in sx["span"].split(":")], "text": sx["text"],
+             "task": "edit"})
+with open(f"{run}/eval_rows.jsonl", "w") as f:
+    for row in rows:
+        if sf.info(f"{run}/{row['audio']}").frames:  # a model this small may stop at once
+            f.write(json.dumps(row) + "\n")
 PY
-nclm eval score "$run/tts_rows.jsonl" --out "$run/tts_eval"
+nclm eval score "$run/eval_rows.jsonl" --out "$run/gen_eval"
+python - "$run" <<'PY'
+# per output, so the enhanced speech stands next to the noisy input it came from
+import json, sys
+names = {"pesq_wb": "PESQ-WB", "stoi": "STOI", "si_sdr": "SI-SDR dB", "wer": "WER", "sim": "SIM",
+         "mel_outside_edit": "mel L1 outside the edit"}
+for r in map(json.loads, open(f"{sys.argv[1]}/gen_eval/rows.jsonl")):
+    scores = [f"{v} {r[k]:.3f}" for k, v in names.items() if isinstance(r.get(k), (int, float))]
+    print(f"  {r['id']:<19} {r['task']:<5} " + ", ".join(scores))
+PY

@@ -8,6 +8,8 @@ need_apt=()
 python3 -c "import venv, ensurepip" 2>/dev/null || need_apt+=(python3-venv)
 command -v espeak-ng >/dev/null || need_apt+=(espeak-ng)   # speech for the quickstart corpus
 command -v flite >/dev/null || need_apt+=(flite)   # voices pocketsphinx recognises (nclm eval tests)
+# recorded non-speech sounds: the quickstart's SpeechX noise, besides the generated kinds
+[ -d /usr/share/sounds/freedesktop/stereo ] || need_apt+=(sound-theme-freedesktop)
 # webrtcvad (under resemblyzer, in the eval extra) has no wheels: pip compiles it
 command -v gcc >/dev/null || need_apt+=(gcc)
 python3 -c "import os, sysconfig; assert os.path.exists(sysconfig.get_paths()['include'] + '/Python.h')" \
