@@ -43,7 +43,8 @@ import numpy as np
 from nclm.decode.masked import MaskedSchedule
 from nclm.decode.sampling import SamplingConfig
 from nclm.lm import speechx as sx
-from nclm.tasks.tts import FRAME_BUCKET, Synthesizer, _round_up
+from nclm.tasks.batching import batches_by_bucket, padded_rows, round_up
+from nclm.tasks.tts import FRAME_BUCKET, Synthesizer
 
 PREFIX_BUCKET = 32  # prefix slots (text, task tokens, acoustic prompt frames)
 SILENCE_PEAK = 1e-3  # |x| below this everywhere: no signal to transform
@@ -221,24 +222,19 @@ class SpeechXRunner(Synthesizer):
         longer (AR stops at EOS), rounded to the frame bucket."""
         gen = job.total - job.start
         grow = mode != "masked" and job.request.task in ("cse", "nse")
-        return _round_up(max(gen, 1) + (gen // 2 + 8 if grow else 0), FRAME_BUCKET)
+        return round_up(max(gen, 1) + (gen // 2 + 8 if grow else 0), FRAME_BUCKET)
 
     def _job_batches(self, jobs: list[_Job], mode: str) -> list[list[int]]:
-        """Job indices grouped by shape bucket (prefix slots, known start, frame budget), at
-        most batch_size each, so a batch compiles one program and pads little."""
-        groups: dict[tuple[int, int, int], list[int]] = {}
-        for i, job in enumerate(jobs):
-            bucket = (
-                _round_up(len(job.example.prefix), PREFIX_BUCKET),
-                _round_up(max(job.start, 1), FRAME_BUCKET),
+        """Job indices grouped by shape bucket (prefix slots, known start, frame budget)."""
+        buckets = [
+            (
+                round_up(len(job.example.prefix), PREFIX_BUCKET),
+                round_up(max(job.start, 1), FRAME_BUCKET),
                 self._budget(job, mode),
             )
-            groups.setdefault(bucket, []).append(i)
-        return [
-            rows[first : first + self.batch_size]
-            for _, rows in sorted(groups.items())
-            for first in range(0, len(rows), self.batch_size)
+            for job in jobs
         ]
+        return batches_by_bucket(buckets, self.batch_size)
 
     def _decode_batch(self, jobs, mode, key, sampling, schedule) -> list[np.ndarray]:
         """int32[Q, T] per job: its known start then the generated frames. Rows are padded to a
@@ -247,18 +243,18 @@ class SpeechXRunner(Synthesizer):
         from nclm.decode.masked import masked_generate
         from nclm.decode.nar import nar_generate
 
-        n, q = len(jobs), self.cfg.num_codebooks
-        num_rows = min(1 << (n - 1).bit_length(), self.batch_size)
-        rows = jobs + [jobs[0]] * (num_rows - n)
+        q = self.cfg.num_codebooks
+        rows = padded_rows(jobs, self.batch_size)
+        num_rows = len(rows)
         d = self._placement.devices_for(num_rows)
         params, shard = self._placement.params(d), lambda *x: self._placement.shard(d, *x)
         examples = [job.example for job, _ in rows]
         arrays = sx.stack_prefixes(
-            examples, _round_up(max(len(ex.prefix) for ex in examples), PREFIX_BUCKET)
+            examples, round_up(max(len(ex.prefix) for ex in examples), PREFIX_BUCKET)
         )
         starts = np.array([job.start for job, _ in rows], np.int32)
         prompt = np.zeros(
-            (num_rows, q, _round_up(max(int(starts.max()), 1), FRAME_BUCKET)), np.int32
+            (num_rows, q, round_up(max(int(starts.max()), 1), FRAME_BUCKET)), np.int32
         )
         for b, (job, c_in) in enumerate(rows):
             prompt[b, :, : job.start] = c_in[:q, : job.start]

@@ -63,6 +63,7 @@ import numpy as np
 from nclm.decode.masked import MaskedSchedule, estimate_frames
 from nclm.decode.sampling import SamplingConfig
 from nclm.lm.config import LMConfig
+from nclm.tasks.batching import batches_by_bucket, padded_rows, round_up
 
 SENTENCE_GAP_SECONDS = 0.15
 TEXT_BUCKET = 32  # text ids
@@ -120,10 +121,6 @@ def split_sentences(text: str) -> list[str]:
         else:
             out.append(part)
     return out
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return max(multiple, -(-n // multiple) * multiple)
 
 
 class Synthesizer:
@@ -419,25 +416,21 @@ class Synthesizer:
 
     def _batches(self, plan: Plan, prompts: list[np.ndarray]) -> list[list[int]]:
         """Segment indices grouped by shape bucket (text, prompt, max_new), <= batch_size each."""
-        groups: dict[tuple[int, int, int], list[int]] = {}
-        for i, s in enumerate(plan.segments):
-            bucket = (
-                _round_up(len(s.text), TEXT_BUCKET),
-                _round_up(prompts[s.prompt].shape[1], FRAME_BUCKET),
-                _round_up(s.max_new, FRAME_BUCKET),
+        buckets = [
+            (
+                round_up(len(s.text), TEXT_BUCKET),
+                round_up(prompts[s.prompt].shape[1], FRAME_BUCKET),
+                round_up(s.max_new, FRAME_BUCKET),
             )
-            groups.setdefault(bucket, []).append(i)
-        return [
-            rows[start : start + self.batch_size]
-            for _, rows in sorted(groups.items())
-            for start in range(0, len(rows), self.batch_size)
+            for s in plan.segments
         ]
+        return batches_by_bucket(buckets, self.batch_size)
 
     def _inputs(self, rows: list[_Segment], prompts: list[np.ndarray]) -> tuple[np.ndarray, ...]:
         """(text int32[B, Lt], text_len, prompt int32[B, Q, P], prompt_len), padded to buckets."""
         codes = [prompts[s.prompt] for s in rows]
-        num_text = _round_up(max(len(s.text) for s in rows), TEXT_BUCKET)
-        num_prompt = _round_up(max(c.shape[1] for c in codes), FRAME_BUCKET)
+        num_text = round_up(max(len(s.text) for s in rows), TEXT_BUCKET)
+        num_prompt = round_up(max(c.shape[1] for c in codes), FRAME_BUCKET)
         text = np.zeros((len(rows), num_text), np.int32)
         prompt = np.zeros((len(rows), self.cfg.num_codebooks, num_prompt), np.int32)
         for b, (s, c) in enumerate(zip(rows, codes)):
@@ -463,14 +456,14 @@ class Synthesizer:
         from nclm.decode.nar import nar_generate
 
         n = len(segments)
-        num_rows = min(1 << (n - 1).bit_length(), self.batch_size)
-        rows = segments + [segments[0]] * (num_rows - n)
+        rows = padded_rows(segments, self.batch_size)
+        num_rows = len(rows)
         d = self._placement.devices_for(num_rows)
         params, shard = self._placement.params(d), lambda *x: self._placement.shard(d, *x)
         budget = np.array([s.max_new for s in rows], np.int32)  # AR: most frames; masked: all
         inputs = shard(*self._inputs(rows, prompts))
         text, text_len, prompt, prompt_len = inputs
-        num_frames = _round_up(int(budget.max()), FRAME_BUCKET)
+        num_frames = round_up(int(budget.max()), FRAME_BUCKET)
         common = {"cfg": self.cfg, "dtype": self.dtype}
         masked = {"schedule": schedule, **common}
         if mode == "masked":
@@ -485,7 +478,7 @@ class Synthesizer:
                 max_new=num_frames, sampling=sampling, min_new=1, **common,
             )  # fmt: skip
             lengths = np.minimum(np.asarray(lengths), budget).astype(np.int32)
-            num_frames = min(num_frames, _round_up(int(lengths.max()), FRAME_BUCKET))
+            num_frames = min(num_frames, round_up(int(lengths.max()), FRAME_BUCKET))
             level1, lengths = shard(level1[:, :num_frames], lengths)
             if mode == "ar":
                 frames = nar_generate(params, *inputs, level1, lengths, key, **common)
