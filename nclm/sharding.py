@@ -155,6 +155,11 @@ def tree_shardings(logical_specs, abstract_tree, mesh: Mesh, rules=DEFAULT_RULES
     return shardings
 
 
+# [B, L, C] activations split by batch alone (the codec's conv stacks): without the constraint
+# the fsdp split of the conv weights' output channels propagates into the activations and their
+# gradients (batch replicated, full rematerialisation between blocks; BENCHMARKS.md, codec rows)
+BATCH_ONLY = ("batch", "length", None)
+
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("nclm_activation_mesh", default=None)
 
 

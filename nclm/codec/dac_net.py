@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from nclm.codec.config import DACNetConfig
 from nclm.nn import Conv1d, ConvTranspose1d, Snake
 from nclm.nn.conv import apply_masked
+from nclm.sharding import BATCH_ONLY, constrain
 
 DILATIONS = (1, 3, 9)
 
@@ -31,7 +32,7 @@ class DACResidualUnit(nn.Module):
         crop = (x.shape[1] - y.shape[1]) // 2
         if crop > 0:
             x = x[:, crop : x.shape[1] - crop]
-        return x + y
+        return constrain(x + y, BATCH_ONLY)
 
 
 class DACEncoder(nn.Module):
@@ -42,6 +43,7 @@ class DACEncoder(nn.Module):
         """wav[B, S, 1] -> z[B, T, latent_dim]; `lengths` (int[B] samples) as in Conv1d."""
         cfg = self.cfg
         x, n = apply_masked(Conv1d(cfg.encoder_channels, 7, padding=3, name="stem"), wav, lengths)
+        x = constrain(x, BATCH_ONLY)
         width = cfg.encoder_channels
         for i, stride in enumerate(cfg.strides):
             for j, d in enumerate(DILATIONS):
@@ -52,8 +54,9 @@ class DACEncoder(nn.Module):
                 width, 2 * stride, stride, padding=math.ceil(stride / 2), name=f"block_{i}_down"
             )
             x, n = apply_masked(down, x, n)
+            x = constrain(x, BATCH_ONLY)
         x = Snake(name="head_snake")(x)
-        return Conv1d(cfg.latent_dim, 3, padding=1, name="head")(x, n)
+        return constrain(Conv1d(cfg.latent_dim, 3, padding=1, name="head")(x, n), BATCH_ONLY)
 
 
 class DACDecoder(nn.Module):
@@ -65,6 +68,7 @@ class DACDecoder(nn.Module):
         cfg = self.cfg
         width = cfg.decoder_channels
         x, n = apply_masked(Conv1d(width, 7, padding=3, name="stem"), z, lengths)
+        x = constrain(x, BATCH_ONLY)
         for i, stride in enumerate(reversed(cfg.strides)):
             width //= 2
             x = Snake(name=f"block_{i}_snake")(x)
@@ -72,6 +76,7 @@ class DACDecoder(nn.Module):
                 width, 2 * stride, stride, trim=math.ceil(stride / 2), name=f"block_{i}_up"
             )
             x, n = apply_masked(up, x, n)
+            x = constrain(x, BATCH_ONLY)
             for j, d in enumerate(DILATIONS):
                 x = DACResidualUnit(d, name=f"block_{i}_res_{j}")(x, n)
         x = Snake(name="head_snake")(x)

@@ -8,6 +8,7 @@ import jax
 from nclm.codec.config import SEANetConfig
 from nclm.nn import Conv1d, ConvTranspose1d, ResidualLSTM
 from nclm.nn.conv import apply_masked
+from nclm.sharding import BATCH_ONLY, constrain
 
 
 def _conv(
@@ -47,7 +48,7 @@ class SEANetResidualUnit(nn.Module):
         )(nn.elu(x), lengths)
         y = _conv(self.cfg, dim, 1, name="conv_1")(nn.elu(y), lengths)
         skip = _conv(self.cfg, dim, 1, name="shortcut")(x, lengths) if self.cfg.conv_shortcut else x
-        return skip + y
+        return constrain(skip + y, BATCH_ONLY)
 
 
 class SEANetEncoder(nn.Module):
@@ -58,6 +59,7 @@ class SEANetEncoder(nn.Module):
         """wav[B, S, 1] -> z[B, T, latent_dim]; `lengths` (int[B] samples) as in Conv1d."""
         cfg = self.cfg
         x, n = apply_masked(_conv(cfg, cfg.channels, cfg.kernel_size, name="stem"), wav, lengths)
+        x = constrain(x, BATCH_ONLY)
         width = cfg.channels
         for i, stride in enumerate(cfg.strides):
             for j in range(cfg.num_residual_layers):
@@ -65,9 +67,11 @@ class SEANetEncoder(nn.Module):
             width *= 2
             down = _conv(cfg, width, 2 * stride, stride, name=f"block_{i}_down")
             x, n = apply_masked(down, nn.elu(x), n)
+            x = constrain(x, BATCH_ONLY)
         if cfg.lstm_layers:  # unidirectional: frames past the end never reach valid ones
-            x = ResidualLSTM(cfg.lstm_layers, name="lstm")(x)
-        return _conv(cfg, cfg.latent_dim, cfg.last_kernel_size, name="head")(nn.elu(x), n)
+            x = constrain(ResidualLSTM(cfg.lstm_layers, name="lstm")(x), BATCH_ONLY)
+        z = _conv(cfg, cfg.latent_dim, cfg.last_kernel_size, name="head")(nn.elu(x), n)
+        return constrain(z, BATCH_ONLY)
 
 
 class SEANetDecoder(nn.Module):
@@ -79,8 +83,9 @@ class SEANetDecoder(nn.Module):
         cfg = self.cfg
         width = cfg.channels * 2 ** len(cfg.strides)
         x, n = apply_masked(_conv(cfg, width, cfg.kernel_size, name="stem"), z, lengths)
+        x = constrain(x, BATCH_ONLY)
         if cfg.lstm_layers:
-            x = ResidualLSTM(cfg.lstm_layers, name="lstm")(x)
+            x = constrain(ResidualLSTM(cfg.lstm_layers, name="lstm")(x), BATCH_ONLY)
         for i, stride in enumerate(reversed(cfg.strides)):
             width //= 2
             up = ConvTranspose1d(
@@ -91,6 +96,7 @@ class SEANetDecoder(nn.Module):
                 name=f"block_{i}_up",
             )
             x, n = apply_masked(up, nn.elu(x), n)
+            x = constrain(x, BATCH_ONLY)
             for j in range(cfg.num_residual_layers):
                 x = SEANetResidualUnit(cfg, cfg.dilation_base**j, name=f"block_{i}_res_{j}")(x, n)
         return _conv(cfg, 1, cfg.last_kernel_size, name="head")(nn.elu(x), n)

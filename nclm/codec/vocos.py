@@ -16,6 +16,7 @@ from nclm.codec.config import VocosConfig
 from nclm.nn import Conv1d, ConvNeXtBlock
 from nclm.nn import init as initializers
 from nclm.nn.norms import layer_norm
+from nclm.sharding import BATCH_ONLY, constrain
 
 MAX_MAGNITUDE = 100.0  # exp(log-magnitude) is clipped here, as in Vocos, to keep the iSTFT finite
 
@@ -47,6 +48,7 @@ class VocosDecoder(nn.Module):
             x = ConvNeXtBlock(cfg.hidden, 1.0 / cfg.num_layers, conditions, name=f"block_{i}")(
                 x, cond_id, lengths
             )
+            x = constrain(x, BATCH_ONLY)
         x = nn.LayerNorm(epsilon=1e-6, dtype=x.dtype, name="final_norm")(x)
         head = nn.Dense(
             n_fft + 2, kernel_init=initializers.truncated_normal(0.02), dtype=x.dtype, name="head"

@@ -42,6 +42,7 @@ from nclm.sharding import (
     put_replicated,
     replicated,
     tree_shardings,
+    with_activation_sharding,
 )
 from nclm.train.codec_step import (
     CodecTrainState,
@@ -243,7 +244,9 @@ def build_codec_trainer(
     batch_sh = {k: batch_sharding(mesh, 2, rules) for k in ("wav", "mask")}
     init = jax.jit(lambda k: nn.meta.unbox(init_state(k)), out_shardings=state_sh)
     step = jax.jit(
-        make_codec_train_step(codec_cfg, disc_cfg, losses_cfg, tx_g, tx_d, dtype),
+        with_activation_sharding(
+            make_codec_train_step(codec_cfg, disc_cfg, losses_cfg, tx_g, tx_d, dtype), mesh, rules
+        ),
         in_shardings=(state_sh, batch_sh, replicated(mesh)),
         out_shardings=(state_sh, replicated(mesh)),
         donate_argnums=0,
