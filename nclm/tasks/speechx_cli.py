@@ -67,7 +67,8 @@ def register(groups: argparse._SubParsersAction) -> None:
         "--noise",
         metavar="NOISE.jsonl",
         help="recorded noise too: a manifest of any audio (nclm data manifest --layout folder "
-        "MUSAN/noise --out DIR); adds the kind 'recorded' to simulation.noise_kinds",
+        "MUSAN/noise --out DIR --valid 0 --test 0, then DIR/train.jsonl); adds the kind "
+        "'recorded' to simulation.noise_kinds",
     )
     p.add_argument("--shard-size", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=16)
