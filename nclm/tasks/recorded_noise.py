@@ -41,9 +41,6 @@ class RecordedNoise:
             raise AudioError(f"{self.manifest}: no noise files")
         self._load = functools.lru_cache(maxsize=cache_files)(self._read)
 
-    def __len__(self) -> int:
-        return len(self.paths)
-
     def _read(self, k: int) -> np.ndarray:
         wav = load_audio(self.paths[k], self.sample_rate)
         if not wav.size or np.sqrt(np.mean(np.square(wav, dtype=np.float64))) < SILENT_RMS:

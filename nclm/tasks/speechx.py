@@ -25,7 +25,8 @@ checkpoint whose lm.json does not list the task among those it was trained on.
 Requests are decoded in batches of one shape bucket (prefix slots PREFIX_BUCKET, known start
 and frame budget FRAME_BUCKET; at most `batch_size` rows), each spread over up to `devices`
 local devices as in `nclm tts`; batch k samples with fold_in(PRNGKey(seed), k), so greedy
-decoding (the default) gives a request the same output alone or batched, on any device count.
+decoding (the default) gives a request the same codes alone or batched, on any device count
+(the codec decodes a batch at once: its samples agree to float rounding).
 Outputs are written atomically at the codec's sample rate.
 """
 
@@ -210,11 +211,16 @@ class SpeechXRunner(Synthesizer):
             outs = self._decode_batch(
                 [jobs[i] for i in rows], mode, jax.random.fold_in(key, k), sampling, schedule
             )
-            for i, out in zip(rows, outs):
+            # one codec call per batch; each row decodes as it would alone (per-row lengths)
+            lengths = np.array([out.shape[1] for out in outs], np.int32)
+            codes = np.zeros((len(outs), outs[0].shape[0], int(lengths.max())), np.int32)
+            for b, out in enumerate(outs):
+                codes[b, :, : out.shape[1]] = out
+            wavs, samples = self._codec.decode(codes, lengths)
+            for b, i in enumerate(rows):
                 r = jobs[i][0].request
-                wavs, samples = self._codec.decode(out[None], np.array([out.shape[1]]))
-                save_audio(r.out, wavs[0, : samples[0]], self.sample_rate)
-                lines[i] = f"wrote {r.out} ({samples[0] / self.sample_rate:.2f} s, {r.task})"
+                save_audio(r.out, wavs[b, : samples[b]], self.sample_rate)
+                lines[i] = f"wrote {r.out} ({samples[b] / self.sample_rate:.2f} s, {r.task})"
         return lines
 
     def _budget(self, job: _Job, mode: str) -> int:

@@ -83,8 +83,9 @@ def test_batch_mode(setup, capsys):
 def test_batch_spreads_over_devices_and_equals_one_by_one(setup, capsys, monkeypatch):
     """Five edits, clean and noisy mixed, in batch mode: four share a shape bucket and spread
     over 4 of the 8 fake devices, the fifth (a longer input) is a batch of its own on one. Every
-    output equals `--devices 1`'s and the same request decoded alone (`--batch-size 1`), sample
-    for sample, and is written where its line asked, in order."""
+    output equals `--devices 1`'s sample for sample and the same request decoded alone
+    (`--batch-size 1`) to the 16-bit rounding step, and is written where its line asked, in
+    order."""
     from nclm.tasks.speechx import SpeechXRunner
 
     root = setup
@@ -119,7 +120,9 @@ def test_batch_spreads_over_devices_and_equals_one_by_one(setup, capsys, monkeyp
     for k in range(5):
         assert len(wavs["x4"][k]) > 0
         np.testing.assert_array_equal(wavs["x4"][k], wavs["x1"][k])
-        np.testing.assert_array_equal(wavs["x4"][k], wavs["alone"][k])
+        # alone: the same codes; the codec decodes them in a batch of 1 instead of 4, so the
+        # 16-bit samples may differ by a rounding step (a wrong code moves whole stretches)
+        np.testing.assert_allclose(wavs["x4"][k], wavs["alone"][k], rtol=0, atol=2 / 32768)
 
 
 def _fails(capsys, argv, *names):
