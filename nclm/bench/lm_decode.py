@@ -26,8 +26,10 @@ attention scores live there), and the process's peak resident memory at the end.
 --vs transformers: AR only, against a transformers Llama matched in width, depth, heads and
 weights per layer (nclm/bench/vs_transformers.py), prefill over the same context + the same
 --steps greedy cached steps, both timed in alternation in this process; the ratio is nclm's
-steps/s over theirs, printed next to the weight-read floor (memory read bandwidth / bytes a step
-reads: the backbone and AR head weights plus the KV cache at the middle of the run).
+steps/s over theirs. Each side's prefill alone (a call of one step) is timed in the same
+rotation, so a call splits into prefill + cached steps; the step time is printed next to the
+weight-read floor (bytes a step reads: the backbone and AR head weights plus the KV cache at the
+middle of the run, over the memory read bandwidth).
 """
 
 from __future__ import annotations
@@ -185,15 +187,21 @@ def _versus(cfg, params, batch: int, args: argparse.Namespace, dtype, bandwidth:
     ar_kwargs = {"min_new": jax.numpy.int32(args.steps)}
     static = {"cfg": cfg, "dtype": dtype, "max_new": args.steps}
     compiled, compile_s, _ = _compile(ar_generate, ar_args, ar_kwargs, static)
+    # the prefill alone (and the first token), to split a call into prefill + cached steps
+    one = {"min_new": jax.numpy.int32(1)}
+    prefill, _, _ = _compile(ar_generate, ar_args, one, {**static, "max_new": 1})
     length = text.shape[1] + 1 + prompt.shape[2]
     llama = ref.llama_like(cfg, length + args.steps + 1, args.weights)
     ids = torch.randint(0, cfg.codebook_size, (batch, length), generator=torch.Generator())
     jax.block_until_ready(compiled(*ar_args, **ar_kwargs))  # warm-up both
+    jax.block_until_ready(prefill(*ar_args, **one))
     ref.llama_decode(llama, ids, args.steps)
-    ours, theirs = [], []
+    ours, theirs, ours_prefill, theirs_prefill = [], [], [], []
     for _ in range(args.repeats):
         ours += _timed_once(lambda: compiled(*ar_args, **ar_kwargs))
         theirs += _timed_once(lambda: ref.llama_decode(llama, ids, args.steps))
+        ours_prefill += _timed_once(lambda: prefill(*ar_args, **one))
+        theirs_prefill += _timed_once(lambda: ref.llama_decode(llama, ids, 1))
     stack = params["backbone" if cfg.shared_backbone else "ar_backbone"]
     weights = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(stack))
     weights += params["ar_head"].size * params["ar_head"].dtype.itemsize
@@ -204,8 +212,14 @@ def _versus(cfg, params, batch: int, args: argparse.Namespace, dtype, bandwidth:
     row["nclm_steps_per_s"] = args.steps / statistics.median(ours)
     row["transformers_steps_per_s"] = args.steps / statistics.median(theirs)
     row["ratio"] = row["nclm_steps_per_s"] / row["transformers_steps_per_s"]
+    for side, calls, prefills in (("nclm", ours, ours_prefill), ("transformers", theirs,
+                                  theirs_prefill)):  # fmt: skip
+        row[f"{side}_prefill_s"] = statistics.median(prefills)
+        steps = max(args.steps - 1, 1)
+        row[f"{side}_step_ms"] = 1e3 * (statistics.median(calls) - row[f"{side}_prefill_s"]) / steps
     row["bytes_per_step"] = step_bytes
     row["floor_steps_per_s"] = bandwidth / step_bytes
+    row["floor_step_ms"] = 1e3 / row["floor_steps_per_s"]
     row["llama_params"] = sum(p.numel() for p in llama.parameters())
     row["llama_step_params"] = ref.backbone_params(llama)
     return row
@@ -221,15 +235,19 @@ def _timed_once(call: Callable) -> list[float]:
 
 def _versus_table(rows: list[dict]) -> str:
     out = [
+        f"{'':>19} | {'whole call (prefill included)':^34} | {'prefill s':^15} | "
+        f"{'cached step ms':^24} |",
         f"{'batch':>5} {'context':>7} {'steps':>5} | {'nclm steps/s':>12} "
-        f"{'transformers':>12} {'ratio':>6} | {'floor steps/s':>13} {'MB/step':>8}"
+        f"{'transformers':>12} {'ratio':>6} | {'nclm':>7} {'transf.':>7} | {'nclm':>7} "
+        f"{'transf.':>7} {'floor':>8} | {'MB/step':>8}",
     ]
     for r in rows:
         out.append(
             f"{r['batch']:>5} {r['context']:>7} {r['steps']:>5} | "
             f"{r['nclm_steps_per_s']:>12.2f} {r['transformers_steps_per_s']:>12.2f} "
-            f"{r['ratio']:>6.2f} | {r['floor_steps_per_s']:>13.1f} "
-            f"{r['bytes_per_step'] / 1e6:>8.1f}"
+            f"{r['ratio']:>6.2f} | {r['nclm_prefill_s']:>7.3f} {r['transformers_prefill_s']:>7.3f} "
+            f"| {r['nclm_step_ms']:>7.1f} {r['transformers_step_ms']:>7.1f} "
+            f"{r['floor_step_ms']:>8.1f} | {r['bytes_per_step'] / 1e6:>8.1f}"
         )
     return "\n".join(out)
 
@@ -311,7 +329,8 @@ def run(args: argparse.Namespace) -> dict:
 
         result["read_bandwidth_gb_s"] = read_bandwidth() / 1e9
         print(
-            f"memory read bandwidth (NumPy sum, 200 MB): {result['read_bandwidth_gb_s']:.1f} GB/s"
+            "memory read bandwidth (NumPy sums over 200 MB, all CPUs): "
+            f"{result['read_bandwidth_gb_s']:.1f} GB/s"
         )
     for batch in sorted(set(args.batch)):
         if args.vs:  # AR against transformers, with the default attention

@@ -307,6 +307,7 @@ class TokenIterator:
     def __init__(self, loader: _StreamLoader, read_threads: int, prefetch: int):
         self.num_batches = loader.grid.num_batches  # per epoch
         self.grid = loader.grid
+        self._dataset = loader.dataset
         options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch)
         dataset = grain.MapDataset.range(0, _FOREVER).map(loader).to_iter_dataset(options)
         self._iter = iter(dataset)
@@ -316,6 +317,15 @@ class TokenIterator:
 
     def __next__(self) -> dict:
         return next(self._iter)
+
+    def bucket_batches(self) -> list[dict]:
+        """One all-padding global batch (every row empty) per bucket the epoch plans use: the
+        shapes and dtypes of every batch this stream yields, read from no record, so a trainer can
+        compile its step for each before the first (nclm.train.precompile)."""
+        return [
+            load_batch(self._dataset, self.grid, b, np.full(rows, EMPTY, np.int64))
+            for b, rows in sorted(self.grid.rows.items())
+        ]
 
     def get_state(self) -> dict:
         epoch, position = divmod(int(self._iter.get_state()["next_index"]), self.num_batches)

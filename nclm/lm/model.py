@@ -17,6 +17,7 @@ NAR. Methods return float32 logits whatever the compute dtype.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -29,7 +30,7 @@ from nclm.lm.speechx import KIND_FRAME, KIND_TOKEN, Prefix
 from nclm.nn import init as initializers
 from nclm.nn.attention import LayerCache
 from nclm.nn.attention_mask import MaskSpec
-from nclm.nn.transformer import TransformerStack
+from nclm.nn.transformer import TransformerStack, unstack_layers
 from nclm.sharding import constrain
 
 
@@ -114,8 +115,9 @@ class CodecLM(nn.Module):
         self, text, text_len, audio_in, audio_len, task, cache=None, write_index=None, prefix=None
     ):
         """Full causal pass over [text | audio_in] (audio_in: level-1 ids [B, Ta], BOS first).
-        With `cache` (k, v: [layers, B, L, K, H], L >= Lt + Ta) the K/V are written at rows
-        write_index[B] and attention covers the cache (prefill). Returns (h [B, Lt+Ta, D], cache).
+        With `cache` (one k, v [B, K, L, H] per layer, L >= Lt + Ta; an unrolled model) the K/V
+        are written at rows write_index[B] and attention covers the cache (prefill). Returns
+        (h [B, Lt+Ta, D], cache).
         """
         num_text, num_audio = text.shape[1], audio_in.shape[1]
         x = jnp.concatenate(
@@ -227,6 +229,21 @@ class CodecLM(nn.Module):
         if not self.cfg.shared_backbone or self.cfg.conv_kernel:
             out.append(self.masked_logits(text, text_len, codes, code_len, jnp.int32(1), task))
         return out
+
+
+def unrolled(cfg: LMConfig, params: dict) -> tuple[LMConfig, dict]:
+    """The same model with its layers unrolled (`scan_layers=False`), each stack's stacked
+    `layers` parameters split into `layer_i` ones. Cached decoding runs it: a scanned layer slices
+    its weights out of the stack, and its cache out of the stacked cache, on every step (copies
+    of every weight and cache row per step where the backend does not fuse a dynamic slice into a
+    matmul, as XLA:CPU does not); unrolled, each layer reads its own buffers in place."""
+    if not cfg.scan_layers:
+        return cfg, params
+    params = dict(params)
+    for name in ("backbone", "ar_backbone", "nar_backbone"):
+        if "layers" in params.get(name, {}):  # not yet unrolled (a caller may do it once)
+            params[name] = unstack_layers(params[name])
+    return dataclasses.replace(cfg, scan_layers=False), params
 
 
 def init_lm(cfg: LMConfig, key: jax.Array, dtype: Any = jnp.float32) -> dict:

@@ -6,8 +6,9 @@
     out = Norm(x, stage)
 
 Norm is VALL-E's stage-conditioned AdaLN (a scale/shift row per stage) when `num_stages > 1`.
-Scanned layers keep their parameters stacked on a leading `layers` axis, and so does the KV cache,
-`k, v: [layers, B, L, K, H]`.
+Scanned layers keep their parameters stacked on a leading `layers` axis (training, full passes).
+Cached decoding runs the stack unrolled (nclm.lm.model.unrolled), with one KV cache per layer,
+`k, v: [B, K, L, H]`, so each layer reads its own weights and cache in place.
 """
 
 from __future__ import annotations
@@ -163,10 +164,8 @@ class Block(nn.Module):
 
 
 class _ScanBlock(nn.Module):
-    """Block in scan form: carry (x, stacked cache or None), the layer index scanned, everything
-    else broadcast. The cache rides in the carry, not as a scanned input and output: a scan
-    writes its outputs to a fresh buffer, so a scanned cache is copied whole on every decoding
-    step; carried, each layer writes only its new rows into the stacked buffer, in place."""
+    """Block in scan form: carry (x, this layer's cache or None), the layer index scanned (unused
+    by the block: scanned layers hold no cache), everything else broadcast."""
 
     cfg: StackConfig
     dtype: Any
@@ -178,36 +177,10 @@ class _ScanBlock(nn.Module):
         block = Block
         if self.cfg.remat != "none":
             block = nn.remat(block, policy=REMAT_POLICIES[self.cfg.remat], prevent_cse=False)
-        layer_cache = None if cache is None else _layer(cache, layer)
-        x, layer_cache = block(self.cfg, self.dtype, self.deterministic, name="block")(
-            x, layer_cache, positions, mask, stage, valid, write_index
+        x, cache = block(self.cfg, self.dtype, self.deterministic, name="block")(
+            x, cache, positions, mask, stage, valid, write_index
         )
-        if cache is not None:
-            cache = _write_layer_rows(cache, layer_cache, layer, write_index, x.shape[1])
         return (x, cache), None
-
-
-def _layer(cache: LayerCache, layer: jax.Array) -> LayerCache:
-    """One layer's [B, L, K, H] view of a stacked cache."""
-    return jax.tree_util.tree_map(
-        lambda c: jax.lax.dynamic_index_in_dim(c, layer, keepdims=False), cache
-    )
-
-
-def _write_layer_rows(
-    cache: LayerCache, layer_cache: LayerCache, layer: jax.Array, index: jax.Array, num: int
-) -> LayerCache:
-    """The stacked cache with rows index[b] .. index[b] + num of layer_cache written at `layer`:
-    only the new rows move (one scatter into the stacked buffer, in place)."""
-
-    batch = index.shape[0]
-    b = jnp.arange(batch)[:, None]  # [B, 1]
-    rows = index[:, None] + jnp.arange(num)[None]  # [B, T]
-
-    def write(stack, new):  # stack [layers, B, L, K, H], new [B, L, K, H]
-        return stack.at[layer, b, rows].set(new[b, rows], unique_indices=True)
-
-    return LayerCache(write(cache.k, layer_cache.k), write(cache.v, layer_cache.v))
 
 
 class TransformerStack(nn.Module):
@@ -225,15 +198,21 @@ class TransformerStack(nn.Module):
         mask: MaskSpec,  # which keys each query sees (nclm.nn.attention_mask)
         stage: jax.Array | None = None,  # int32[B], AdaLN row
         valid: jax.Array | None = None,  # bool[B, T]: conv module frames; None skips the conv
-        cache: LayerCache | None = None,  # k, v: [layers, B, L, K, H]
+        # one LayerCache (k, v: [B, K, L, H]) per layer (init_cache): unrolled stacks only
+        cache: tuple[LayerCache, ...] | None = None,
         write_index: jax.Array | None = None,  # int32[B]
-    ) -> tuple[jax.Array, LayerCache | None]:
+    ) -> tuple[jax.Array, tuple[LayerCache, ...] | None]:
         cfg = self.cfg
         if stage is None:
             stage = jnp.zeros(x.shape[:1], jnp.int32)
         x = constrain(x.astype(self.dtype), _RESIDUAL)
         args = (positions, mask, stage, valid, write_index)
         if cfg.scan_layers:
+            if cache is not None:
+                raise ValueError(
+                    "a KV cache needs an unrolled stack (scan_layers=False; "
+                    "nclm.lm.model.unrolled converts a scanned model's parameters)"
+                )
             scanned = nn.scan(
                 _ScanBlock,
                 variable_axes={"params": 0},
@@ -243,22 +222,31 @@ class TransformerStack(nn.Module):
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
             layers = jnp.arange(cfg.num_layers, dtype=jnp.int32)
-            (x, cache), _ = scanned(cfg, self.dtype, self.deterministic, name="layers")(
-                (x, cache), layers, *args
+            (x, _), _ = scanned(cfg, self.dtype, self.deterministic, name="layers")(
+                (x, None), layers, *args
             )
         else:
+            if cache is not None and len(cache) != cfg.num_layers:
+                raise ValueError(f"KV cache of {len(cache)} layers for {cfg.num_layers} layers")
+            caches = [None] * cfg.num_layers if cache is None else list(cache)
             for i in range(cfg.num_layers):
-                (x, cache), _ = _ScanBlock(cfg, self.dtype, self.deterministic, name=f"layer_{i}")(
-                    (x, cache), jnp.int32(i), *args
-                )
+                (x, caches[i]), _ = _ScanBlock(
+                    cfg, self.dtype, self.deterministic, name=f"layer_{i}"
+                )((x, caches[i]), jnp.int32(i), *args)
+            cache = None if cache is None else tuple(caches)
         norm_stages = cfg.num_stages if cfg.num_stages > 1 else 0
         return layer_norm(x, stage, norm_stages, "final_norm").astype(self.dtype), cache
 
 
-def init_cache(cfg: StackConfig, batch: int, length: int, dtype=jnp.float32) -> LayerCache:
-    """Zeros for a stack's KV cache: k, v [layers, B, L, K, H]."""
-    shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
-    return LayerCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+def init_cache(
+    cfg: StackConfig, batch: int, length: int, dtype=jnp.float32
+) -> tuple[LayerCache, ...]:
+    """Zeros for an (unrolled) stack's KV cache: one LayerCache, k, v [B, K, L, H], per layer,
+    each its own buffer (a decoding loop writes each in place)."""
+    shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
+    return tuple(
+        LayerCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(cfg.num_layers)
+    )
 
 
 def unstack_layers(params: dict) -> dict:

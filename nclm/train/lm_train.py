@@ -45,6 +45,7 @@ from nclm.text.symbols import SymbolTable
 from nclm.train.lm_step import LMTrainState, make_lm_eval_step, make_lm_train_step
 from nclm.train.loop import Loop, open_run, raise_if_stopped, run_loop
 from nclm.train.optim import make_lm_optimizer
+from nclm.train.precompile import ShapePrograms, compile_workers
 from nclm.train.run_dir import host_params
 
 log = logging.getLogger("nclm.train")
@@ -87,14 +88,18 @@ def _check_tokens(lm: LMConfig, index: dict, option: str) -> None:
         )
 
 
-def _global_batch(local: dict, mesh, rules, keys=BATCH_KEYS) -> dict:
-    """This process's rows of a batch as global arrays."""
-    missing = [k for k in keys if k not in local]
+def _check_keys(batch: dict, keys: tuple[str, ...]) -> None:
+    missing = [k for k in keys if k not in batch]
     if missing:
         raise ConfigError(
             f"the token corpus has no {missing} (semantic ids: nclm tokens extract --semantic DIR,"
             " or --config.lm.semantic_vocab_size=0)"
         )
+
+
+def _global_batch(local: dict, mesh, rules, keys=BATCH_KEYS) -> dict:
+    """This process's rows of a batch as global arrays."""
+    _check_keys(local, keys)
     return {k: global_batch_array(np.asarray(local[k], np.int32), mesh, rules) for k in keys}
 
 
@@ -139,12 +144,27 @@ def train_lm(
     # ---- model, optimizer, shardings -----------------------------------------------------------
     trainer = build_lm_trainer(cfg, lm_cfg, mesh, multitask)
     step_key = jax.random.PRNGKey(cfg.seed + 2)
+    data = make_token_iterator(d.train, seed=cfg.seed, **buckets)
+    train_programs = ShapePrograms(trainer.step, "train step", batch_arg=1)
+    eval_programs = ShapePrograms(trainer.eval, "eval step", batch_arg=1)
+
+    def precompile(
+        progress,
+    ):  # every bucket's program before the first step (nclm.train.precompile)
+        specs = [_batch_spec(b, keys) for b in data.bucket_batches()]
+        workers = compile_workers()
+        train_programs.compile(
+            [(trainer.abstract_state, spec, step_key) for spec in specs], workers, progress
+        )
+        eval_programs.compile(
+            [(trainer.abstract_state.params, b) for b in eval_batches], workers, progress
+        )
 
     def step(state, local):
-        return trainer.step(state, _global_batch(local, mesh, rules, keys), step_key)
+        return train_programs(state, _global_batch(local, mesh, rules, keys), step_key)
 
     def evaluate(state, step, writer):
-        return writer.scalars(step, _evaluate(trainer.eval, state, eval_batches))
+        return writer.scalars(step, _evaluate(eval_programs, state, eval_batches))
 
     # ---- loop: restore or initialise, train, checkpoint ---------------------------------------
     result = run_loop(
@@ -154,7 +174,7 @@ def train_lm(
             init=lambda: trainer.init(jax.random.PRNGKey(cfg.seed)),
             abstract_state=trainer.abstract_state,
             state_shardings=trainer.state_shardings,
-            data=make_token_iterator(d.train, seed=cfg.seed, **buckets),
+            data=data,
             step=step,
             # real (unpadded) text + frame positions, this host's rows
             work=lambda local: float(np.sum(local["code_len"]) + np.sum(local["text_len"])),
@@ -162,6 +182,7 @@ def train_lm(
             evaluate=evaluate if eval_batches else None,
             postfix={"ar": "ar/loss", "nar": "nar/loss"},
             desc=f"train lm {lm_cfg.name}",
+            precompile=precompile,
         ),
         stop_after,
         progress,
@@ -195,6 +216,12 @@ def train_lm(
     wait_for_all("nclm: lm export written")
     raise_if_stopped(result)
     return result.last
+
+
+def _batch_spec(batch: dict, keys: tuple[str, ...]) -> dict:
+    """The global batch's shapes, as `_global_batch` makes them (int32)."""
+    _check_keys(batch, keys)
+    return {k: jax.ShapeDtypeStruct(batch[k].shape, jnp.int32) for k in keys}
 
 
 def _evaluate(eval_fn: Callable, state: LMTrainState, batches: list[dict]) -> dict:

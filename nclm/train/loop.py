@@ -58,6 +58,7 @@ class Loop(NamedTuple):
     evaluate: Callable[[Any, int, MetricWriter], dict] | None  # (state, step, writer) -> metrics
     postfix: dict[str, str]  # progress-bar label -> metric name
     desc: str
+    precompile: Callable[[bool], None] | None = None  # (progress) -> None: compile every program
 
 
 class LoopResult(NamedTuple):
@@ -84,6 +85,8 @@ def run_loop(
     try:
         state, start = _restore_or_init(ckpt, writer, loop)
         end = t.steps if stop_after is None else min(t.steps, start + stop_after)
+        if loop.precompile is not None and start < end:  # not for a finished run
+            loop.precompile(progress)
         bar = tqdm(
             total=t.steps,
             initial=start,
@@ -138,7 +141,7 @@ def _restore_or_init(ckpt: RunCheckpointer, writer: MetricWriter, loop: Loop) ->
 def _log(writer: MetricWriter, step: int, metrics: dict, timer: dict, loop: Loop) -> dict:
     """Writes the step's metrics plus throughput since the last log, under perf/ (the only values
     that differ between a resumed and an uninterrupted run; the first window includes
-    compilation)."""
+    compilation unless the loop precompiles)."""
     seconds = time.perf_counter() - timer["start"]
     metrics["perf/step_seconds"] = seconds / (step - timer["step"])
     metrics[loop.work_metric] = timer["work"] / seconds

@@ -15,7 +15,7 @@ from nclm.decode.nar import nar_generate
 from nclm.decode.sampling import SamplingConfig, sample_tokens
 from nclm.lm import config as C
 from nclm.lm import layout
-from nclm.lm.model import CodecLM, init_lm
+from nclm.lm.model import CodecLM, init_lm, unrolled
 from nclm.nn import attention as attention_module
 from nclm.nn.transformer import init_cache, unstack_layers
 
@@ -52,16 +52,19 @@ def test_cached_decoding_equals_full_forward(case, monkeypatch):
     """Prefill + one cached step per token gives the logits of a full causal pass at every audio
     slot, for two rows with different text and prompt lengths (also with a shared Conformer
     backbone, whose causal passes skip the conv; with 2 KV heads for 4 query heads in bf16; and
-    with blockwise attention in blocks of 4, so that prefill, steps and full passes all cross
-    block boundaries)."""
+    with blockwise attention in blocks of 4, so that prefill and full passes cross block
+    boundaries). The cached side runs unrolled, as `ar_generate` does; the full pass scanned."""
     shared, conv, kv_heads, dtype, attention, (atol, rtol) = CACHED_CASES[case]
     monkeypatch.setattr(attention_module, "_BLOCK", 4)
     cfg = dataclasses.replace(
         CFG, shared_backbone=shared, conv_kernel=conv, num_kv_heads=kv_heads, attention=attention
     )
     params = _params(cfg)
+    full_model = CodecLM(cfg, dtype)  # scanned: the full passes, as training runs them
+    cfg, cached_params = unrolled(cfg, params)  # cached decoding runs unrolled (ar_generate)
     model = CodecLM(cfg, dtype)
     apply = jax.jit(model.apply, static_argnames="method")  # one compile per shape
+    apply_full = jax.jit(full_model.apply, static_argnames="method")
     text, text_len = _text([5, 3], 6)
     task = jnp.zeros((2,), jnp.int32)
     prompt_len = jnp.asarray([2, 4], jnp.int32)
@@ -70,7 +73,7 @@ def test_cached_decoding_equals_full_forward(case, monkeypatch):
     codes = rng.integers(0, cfg.codebook_size, (2, 4 + steps)).astype(np.int32)
     audio = np.concatenate([np.full((2, 1), cfg.bos_id), codes], axis=1)  # [BOS, c1, ...]
     num_text, num_prompt = text.shape[1], 4
-    v = {"params": params}
+    v = {"params": cached_params}
 
     size = num_text + 1 + num_prompt + steps
     cache = init_cache(cfg.stack(False), 2, size, dtype)
@@ -109,8 +112,8 @@ def test_cached_decoding_equals_full_forward(case, monkeypatch):
 
     for b in range(2):  # the full pass over each row's own real sequence
         n_audio = int(prompt_len[b]) + 1 + steps
-        full = apply(
-            v,
+        full = apply_full(
+            {"params": params},
             text[b : b + 1],
             text_len[b : b + 1],
             jnp.asarray(audio[b : b + 1, :n_audio]),

@@ -4,6 +4,7 @@ tiny model overfit on one utterance regenerates its codes with greedy AR + NAR d
 
 import dataclasses
 import json
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -314,7 +315,8 @@ def _token_dir(out, num=12):
     return str(out)
 
 
-def test_resume_equals_uninterrupted_and_exports(tmp_path):
+def test_resume_equals_uninterrupted_and_exports(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="nclm.train")
     tokens = _token_dir(tmp_path / "tokens")
     cfg = _cfg(dataclasses.replace(LM, text_vocab_size=0), steps=6, log_every=1)
     cfg.train.eval_every, cfg.train.checkpoint_every = 3, 2
@@ -332,6 +334,11 @@ def test_resume_equals_uninterrupted_and_exports(tmp_path):
             k: v for k, v in y.items() if not k.startswith("perf/")
         }
     assert any("eval/nar_3/top10" in r for r in a)
+    # both buckets' programs are compiled before the first step of each of the three calls, and
+    # no step meets a shape that was not compiled ahead
+    ahead = [m for m in caplog.messages if m.startswith("compiled train step for text 8x16")]
+    assert sorted(m.split(", ")[2] for m in ahead) == ["codes 8x3x32"] * 3 + ["codes 8x3x96"] * 3
+    assert not any("no program was compiled ahead" in m for m in caplog.messages)
     lm_cfg, params, symbols, meta = load_lm(tmp_path / "resumed" / "lm")
     assert lm_cfg.text_vocab_size == len(symbols) == 24
     assert meta["codec"]["codec_id"] == "fake-codec" and meta["max_audio_frames"] == 95
