@@ -80,9 +80,8 @@ def test_bench_lm_decode_tiny(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     lm_decode.add_arguments(parser)
     out = tmp_path / "lm.json"
-    args = parser.parse_args(
-        "--preset tiny --batch 2 --context 16 --steps 8 --repeats 1".split() + ["--json", str(out)]
-    )
+    command_line = "--preset tiny --batch 2 --context 16 --steps 8 --repeats 1".split()
+    args = parser.parse_args(command_line + ["--json", str(out)])
     result = lm_decode.run(args)
     assert [r["batch"] for r in result["results"]] == [2]
     for r in result["results"]:
@@ -94,6 +93,9 @@ def test_bench_lm_decode_tiny(tmp_path, capsys):
     json_line = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(json_line)["command"] == result["command"]
     assert json.loads(out.read_text())["results"] == result["results"]
+    # --no-nar: the AR program alone (the long-context runs whose NAR passes take minutes)
+    (row,) = lm_decode.run(parser.parse_args([*command_line, "--no-nar"]))["results"]
+    assert "ar_call_s" in row and "nar_call_s" not in row and "nar_compile_s" not in row
 
 
 def test_bench_masked_tiny(capsys):

@@ -65,6 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compile-only", action="store_true", help="compile and report memory, do not run"
     )
+    parser.add_argument("--no-nar", action="store_true", help="AR only: skip the NAR passes")
     parser.add_argument(
         "--weights",
         choices=["float32", "bfloat16"],
@@ -86,6 +87,7 @@ def _command(args: argparse.Namespace) -> str:
         f"--context {args.context} --steps {args.steps} --repeats {args.repeats} "
         f"--dtype {args.dtype} --attention {' '.join(args.attention)}"
         + (" --compile-only" if args.compile_only else "")
+        + (" --no-nar" if args.no_nar else "")
         + (f" --weights {args.weights}" if args.weights != "float32" else "")
         + (f" --vs {args.vs}" if args.vs else "")
     )
@@ -140,7 +142,7 @@ def _setting(cfg, params, batch: int, args: argparse.Namespace, dtype) -> dict:
         row["ar_tokens_per_s"] = batch * row["ar_steps_per_s"]
 
     passes = cfg.num_codebooks - 1
-    if passes:
+    if passes and not args.no_nar:
         level1 = jnp.asarray(rng.integers(0, cfg.codebook_size, (batch, args.steps)), jnp.int32)
         gen_len = jnp.full((batch,), args.steps, jnp.int32)
         nar_args = (params, text, text_len, prompt, prompt_len, level1, gen_len, key)
@@ -281,7 +283,7 @@ def _table(rows: list[dict]) -> str:
                 ]
             )  # fmt: skip
             if "nar_compile_s" in r
-            else f"{'n/a (Q = 1)':>13}"
+            else f"{'not run':>13}"
         )
         out.append(
             f"{r['attention']:>9} {r['batch']:>5} {r['text'] + r['prompt']:>7} {r['steps']:>5} | "

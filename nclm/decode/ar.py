@@ -12,7 +12,7 @@ hides them until the step that overwrites them. Step k samples with `fold_in(key
 tokens depend on the key and the model only, not on the loop's structure.
 
 The model runs with its layers unrolled (nclm.lm.model.unrolled): every layer keeps its weights
-and its KV cache `[B, L, K, H]` in buffers of its own, carried by the loop and written in place,
+and its KV cache `[B, K, L, H]` in buffers of its own, carried by the loop and written in place,
 so a step reads each weight once and moves only the new cache row. (Scanned, each step sliced
 every layer's weights and cache out of the stacked arrays: on the CPU, copies that cost more than
 the step's own reads.)
