@@ -211,10 +211,11 @@ def test_bench_lm_decode_vs_transformers_tiny(capsys):
     (row,) = result["results"]
     assert row["ratio"] == pytest.approx(row["nclm_steps_per_s"] / row["transformers_steps_per_s"])
     assert result["read_bandwidth_gb_s"] > 0 and row["floor_steps_per_s"] > 0
-    # each side's call splits into its prefill (timed alone) and steps - 1 cached steps
+    # each side's call splits into its prefill (timed alone) and steps - 1 cached steps (no
+    # bound on the times themselves: at this size they are noise)
     for side in ("nclm", "transformers"):
         call = 3 / row[f"{side}_steps_per_s"]
-        assert 0 < row[f"{side}_prefill_s"] < 2 * call
+        assert row[f"{side}_prefill_s"] > 0
         assert row[f"{side}_step_ms"] == pytest.approx(1e3 * (call - row[f"{side}_prefill_s"]) / 2)
     # matched sizes: the Llama's layers hold as many weights as our backbone's matmuls
     cfg = C.tiny()
