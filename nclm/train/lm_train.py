@@ -148,9 +148,8 @@ def train_lm(
     train_programs = ShapePrograms(trainer.step, "train step", batch_arg=1)
     eval_programs = ShapePrograms(trainer.eval, "eval step", batch_arg=1)
 
-    def precompile(
-        progress,
-    ):  # every bucket's program before the first step (nclm.train.precompile)
+    def precompile(progress):
+        """Every bucket's train step and the eval step, before the first step."""
         specs = [_batch_spec(b, keys) for b in data.bucket_batches()]
         workers = compile_workers()
         train_programs.compile(

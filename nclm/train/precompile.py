@@ -12,9 +12,9 @@ loads the same programs instead of compiling them.
     steps.compile([(state_spec, batch_spec, key_spec) for batch_spec in bucket_specs])
     state, metrics = steps(state, batch, key)       # the program compiled for batch's shapes
 
-Lowering (tracing, in Python) runs in turn; XLA compiles run in `workers` threads, which overlap
-on a many-core host. A shape nobody announced still runs: it is compiled when it first comes,
-with a warning that names it.
+Lowering (tracing, in Python) runs in turn; the XLA compiles run in `workers` threads, so that a
+many-core host can overlap them. A shape nobody announced still runs: it is compiled when it
+first comes, with a warning that names it.
 """
 
 from __future__ import annotations
