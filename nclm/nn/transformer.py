@@ -164,15 +164,15 @@ class Block(nn.Module):
 
 
 class _ScanBlock(nn.Module):
-    """Block in scan form: carry (x, this layer's cache or None), the layer index scanned (unused
-    by the block: scanned layers hold no cache), everything else broadcast."""
+    """Block in scan form: carry (x, this layer's cache or None; scanned layers hold no cache),
+    every other input broadcast to all layers."""
 
     cfg: StackConfig
     dtype: Any
     deterministic: bool
 
     @nn.compact
-    def __call__(self, carry, layer, positions, mask, stage, valid, write_index):
+    def __call__(self, carry, positions, mask, stage, valid, write_index):
         x, cache = carry
         block = Block
         if self.cfg.remat != "none":
@@ -217,13 +217,12 @@ class TransformerStack(nn.Module):
                 _ScanBlock,
                 variable_axes={"params": 0},
                 split_rngs={"params": True, "dropout": True},
-                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                in_axes=(nn.broadcast,) * len(args),
                 length=cfg.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            layers = jnp.arange(cfg.num_layers, dtype=jnp.int32)
             (x, _), _ = scanned(cfg, self.dtype, self.deterministic, name="layers")(
-                (x, None), layers, *args
+                (x, None), *args
             )
         else:
             if cache is not None and len(cache) != cfg.num_layers:
@@ -232,7 +231,7 @@ class TransformerStack(nn.Module):
             for i in range(cfg.num_layers):
                 (x, caches[i]), _ = _ScanBlock(
                     cfg, self.dtype, self.deterministic, name=f"layer_{i}"
-                )((x, caches[i]), jnp.int32(i), *args)
+                )((x, caches[i]), *args)
             cache = None if cache is None else tuple(caches)
         norm_stages = cfg.num_stages if cfg.num_stages > 1 else 0
         return layer_norm(x, stage, norm_stages, "final_norm").astype(self.dtype), cache
@@ -251,7 +250,7 @@ def init_cache(
 
 def unstack_layers(params: dict) -> dict:
     """Scanned stack parameters ({"layers": {"block": stacked}}) -> unrolled ({"layer_i":
-    {"block": ...}}), for the scanned == unrolled equivalence."""
+    {"block": ...}}): what cached decoding runs (nclm.lm.model.unrolled)."""
     params = dict(params)
     stacked = params.pop("layers")
     num = jax.tree_util.tree_leaves(stacked)[0].shape[0]
