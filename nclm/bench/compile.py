@@ -3,7 +3,8 @@ programs (AR, NAR, masked decoding, the LM evaluation step).
 
     nclm bench compile --preset small [--batch 1] [--context 64] [--frames 64]
 
-Each program is lowered and compiled ahead of time on random weights of the preset; the table
+Each program is lowered and compiled ahead of time on random weights of the preset (the decoders
+in decoding form, nclm.lm.model.for_decoding, as `nclm tts` runs them); the table
 gives lower and compile seconds, the optimized HLO's instruction count (lines of
 `compiled.as_text()` that define a value, fused computations included) and its size in kB. A
 program that unrolls a Python loop over codebook levels grows with Q; one that loops over a
@@ -40,6 +41,7 @@ def _programs(cfg, params, args) -> dict:
     from nclm.decode.ar import ar_generate
     from nclm.decode.masked import MaskedSchedule, masked_generate
     from nclm.decode.nar import nar_generate
+    from nclm.lm.model import for_decoding
     from nclm.train.lm_step import make_lm_eval_step
 
     rng = np.random.default_rng(0)
@@ -53,13 +55,14 @@ def _programs(cfg, params, args) -> dict:
     gen_len, key = jnp.full((b,), g), jax.random.PRNGKey(0)
     objective = {"prompt_eval": 0.25, "masked_weight": 1.0}
     batch = {"text": text, "text_len": text_len, "codes": codes, "code_len": gen_len}
+    dcfg, dparams = for_decoding(cfg, params)  # the decoders run what `nclm tts` loads
     return {
-        "ar": (ar_generate, (params, text, text_len, prompt[:, 0], prompt_len, key),
-               {"cfg": cfg, "max_new": g}),
-        "nar": (nar_generate, (params, text, text_len, prompt, prompt_len, codes[:, 0], gen_len,
-                               key), {"cfg": cfg}),
-        "masked": (masked_generate, (params, text, text_len, prompt, prompt_len, gen_len, key),
-                   {"cfg": cfg, "num_frames": g, "schedule": MaskedSchedule()}),
+        "ar": (ar_generate, (dparams, text, text_len, prompt[:, 0], prompt_len, key),
+               {"cfg": dcfg, "max_new": g}),
+        "nar": (nar_generate, (dparams, text, text_len, prompt, prompt_len, codes[:, 0], gen_len,
+                               key), {"cfg": dcfg}),
+        "masked": (masked_generate, (dparams, text, text_len, prompt, prompt_len, gen_len, key),
+                   {"cfg": dcfg, "num_frames": g, "schedule": MaskedSchedule()}),
         "eval": (jax.jit(make_lm_eval_step(cfg, objective)), (params, batch), {}),
     }  # fmt: skip
 

@@ -169,12 +169,13 @@ def run(args: argparse.Namespace) -> dict:
 
     from nclm.decode.masked import masked_generate
     from nclm.lm.config import PRESETS
-    from nclm.lm.model import init_lm
+    from nclm.lm.model import for_decoding, init_lm
 
     codec, codebook_size = _codec(args, PRESETS[args.preset]().codebook_size)
     cfg = PRESETS[args.preset](num_codebooks=args.levels, codebook_size=codebook_size)
     params = nn.meta.unbox(init_lm(cfg, jax.random.PRNGKey(args.seed)))["params"]
     num_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
+    cfg, params = for_decoding(cfg, params)  # once, as `nclm tts` loads it
     num_gen = max(1, round(args.seconds * codec.frame_rate))
     num_prompt = max(1, round(args.prompt_seconds * codec.frame_rate))
     num_text = max(3, round(TEXT_TOKENS_PER_SECOND * (args.seconds + args.prompt_seconds)))

@@ -65,9 +65,10 @@ def _decode(cfg, lm, seconds: float, repeats: int) -> dict:
     from nclm.decode.nar import nar_generate
     from nclm.decode.sampling import SamplingConfig
     from nclm.lm import speechx as sx
-    from nclm.lm.model import init_lm
+    from nclm.lm.model import for_decoding, init_lm
 
     params = nn.meta.unbox(init_lm(lm, jax.random.PRNGKey(0)))["params"]
+    lm, params = for_decoding(lm, params)  # once, as `nclm enhance` loads it
     frames = round(seconds * FRAME_RATE)
     bucket = -(-(frames + 1) // 64) * 64  # the target and its EOS
     rng = np.random.default_rng(0)

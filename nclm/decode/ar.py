@@ -11,11 +11,12 @@ Rows past a row's own length hold stale prefill K/V (the prompt bucket is padded
 hides them until the step that overwrites them. Step k samples with `fold_in(key, k)`, so the
 tokens depend on the key and the model only, not on the loop's structure.
 
-The model runs with its layers unrolled (nclm.lm.model.unrolled): every layer keeps its weights
-and its KV cache `[B, K, L, H]` in buffers of its own, carried by the loop and written in place,
-so a step reads each weight once and moves only the new cache row. (Scanned, each step sliced
-every layer's weights and cache out of the stacked arrays: on the CPU, copies that cost more than
-the step's own reads.)
+The model runs in decoding form (nclm.lm.model.for_decoding): layers unrolled, every layer with its
+weights and its KV cache `[B, K, L, H]` in buffers of its own, carried by the loop and written in
+place, so a step reads each weight once and moves only the new cache row (scanned, each step
+sliced every layer's weights and cache out of the stacked arrays: on the CPU, copies that cost
+more than the step's own reads); projection kernels out_in, which a few rows read at full
+bandwidth (nclm.nn.projection).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import jax.numpy as jnp
 from nclm.decode.sampling import SamplingConfig, sample_tokens
 from nclm.lm import layout
 from nclm.lm.config import LMConfig
-from nclm.lm.model import CodecLM, unrolled
+from nclm.lm.model import CodecLM, for_decoding
 from nclm.lm.speechx import Prefix
 from nclm.nn.transformer import init_cache
 
@@ -56,7 +57,7 @@ def ar_generate(
     """-> (codes int32[B, max_new] padded with EOS, lengths int32[B]): level-1 codes generated
     after each prompt until EOS or `max_new`. EOS is not allowed before `min_new` codes (a
     minimum duration; benchmarks use it to time a fixed number of steps)."""
-    cfg, params = unrolled(cfg, params)  # each layer's weights and cache in their own buffers
+    cfg, params = for_decoding(cfg, params)  # weights and caches read in place, at full pace
     model = CodecLM(cfg, dtype)
     batch, num_text, num_prompt = text.shape[0], text.shape[1], prompt.shape[1]
     task = jnp.zeros((batch,), jnp.int32) if task is None else task

@@ -12,6 +12,7 @@ from typing import Any
 
 from nclm.config import dataclass_from_dict
 from nclm.nn.attention import IMPLEMENTATIONS
+from nclm.nn.projection import LAYOUTS
 from nclm.nn.transformer import REMAT_POLICIES, StackConfig
 
 NUM_AUDIO_SPECIALS = 4  # EOS, BOS, MASK, PAD after the V codes of each level
@@ -40,6 +41,9 @@ class LMConfig:
     conv_kernel: int = 0
     rope_base: float = 10000.0
     scan_layers: bool = True
+    # nclm.nn.projection.LAYOUTS: checkpoints and training are in_out; nclm.lm.model.for_decoding
+    # makes the out_in (and unrolled) form that cached decoding runs
+    kernel_layout: str = "in_out"
     remat: str = "none"  # one of nclm.nn.transformer.REMAT_POLICIES
     # nclm.nn.attention.IMPLEMENTATIONS: auto = cuDNN on GPU (16-bit), splash on TPU, blockwise
     # on CPU for long sequences, the dense xla reference for short ones and cached steps
@@ -56,6 +60,8 @@ class LMConfig:
             )
         if self.attention not in IMPLEMENTATIONS:
             raise ValueError(f"lm.attention={self.attention!r}: expected one of {IMPLEMENTATIONS}")
+        if self.kernel_layout not in LAYOUTS:
+            raise ValueError(f"lm.kernel_layout={self.kernel_layout!r}: expected one of {LAYOUTS}")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"lm.remat={self.remat!r}: expected one of {sorted(REMAT_POLICIES)}")
         if self.vocab_multiple < 1:
@@ -105,6 +111,7 @@ class LMConfig:
             rope_base=self.rope_base,
             num_stages=self.num_codebooks,
             scan_layers=self.scan_layers,
+            kernel_layout=self.kernel_layout,
             remat=self.remat,
             attention=self.attention,
         )

@@ -18,6 +18,7 @@ NAR. Methods return float32 logits whatever the compute dtype.
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from typing import Any
 
 import flax.linen as nn
@@ -30,7 +31,7 @@ from nclm.lm.speechx import KIND_FRAME, KIND_TOKEN, Prefix
 from nclm.nn import init as initializers
 from nclm.nn.attention import LayerCache
 from nclm.nn.attention_mask import MaskSpec
-from nclm.nn.transformer import TransformerStack, unstack_layers
+from nclm.nn.transformer import TransformerStack, kernels_out_in, unstack_layers
 from nclm.sharding import constrain
 
 
@@ -231,19 +232,28 @@ class CodecLM(nn.Module):
         return out
 
 
-def unrolled(cfg: LMConfig, params: dict) -> tuple[LMConfig, dict]:
-    """The same model with its layers unrolled (`scan_layers=False`), each stack's stacked
-    `layers` parameters split into `layer_i` ones. Cached decoding runs it: a scanned layer slices
-    its weights out of the stack, and its cache out of the stacked cache, on every step (copies
-    of every weight and cache row per step where the backend does not fuse a dynamic slice into a
-    matmul, as XLA:CPU does not); unrolled, each layer reads its own buffers in place."""
-    if not cfg.scan_layers:
+def for_decoding(cfg: LMConfig, params: dict) -> tuple[LMConfig, dict]:
+    """The same model in the form cached decoding runs: layers unrolled (`scan_layers=False`,
+    each stack's stacked `layers` split into `layer_i`) and projection kernels out_in
+    (`kernel_layout`, nclm.nn.projection). A scanned layer slices its weights out of the stack on
+    every step (a copy of every weight per step where the backend does not fuse a dynamic slice
+    into a matmul, as XLA:CPU does not); unrolled, each layer reads its own buffers in place, and
+    out_in kernels are read at full bandwidth by a few rows. Converting copies the weights once: a
+    caller that decodes many times converts once and passes the result (idempotent)."""
+    if not cfg.scan_layers and cfg.kernel_layout == "out_in":
         return cfg, params
+    params = _decoding_params(params, cfg.scan_layers, cfg.kernel_layout == "in_out")
+    return dataclasses.replace(cfg, scan_layers=False, kernel_layout="out_in"), params
+
+
+@partial(jax.jit, static_argnums=(1, 2))  # one program, not an op-by-op copy per weight
+def _decoding_params(params: dict, unstack: bool, transpose: bool) -> dict:
     params = dict(params)
     for name in ("backbone", "ar_backbone", "nar_backbone"):
-        if "layers" in params.get(name, {}):  # not yet unrolled (a caller may do it once)
-            params[name] = unstack_layers(params[name])
-    return dataclasses.replace(cfg, scan_layers=False), params
+        if name in params:
+            stack = unstack_layers(params[name]) if unstack else params[name]
+            params[name] = kernels_out_in(stack) if transpose else stack
+    return params
 
 
 def init_lm(cfg: LMConfig, key: jax.Array, dtype: Any = jnp.float32) -> dict:

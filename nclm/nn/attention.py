@@ -37,6 +37,7 @@ from nclm.nn import init as initializers
 from nclm.nn.attention_blockwise import blockwise_attention
 from nclm.nn.attention_fused import lengths_attention, splash_attention
 from nclm.nn.attention_mask import MaskSpec
+from nclm.nn.projection import Projection
 from nclm.sharding import constrain
 
 _HEADS = ("batch", "length", "heads", "kv")  # q, k, v and the attention output [B, T, N, H]
@@ -148,6 +149,7 @@ class Attention(nn.Module):
     rope_base: float = 10000.0
     dtype: Any = jnp.float32
     implementation: str = "auto"  # one of IMPLEMENTATIONS
+    kernel_layout: str = "in_out"  # nclm.nn.projection.LAYOUTS
 
     @nn.compact
     def __call__(
@@ -162,11 +164,13 @@ class Attention(nn.Module):
         init = initializers.truncated_normal(x.shape[-1] ** -0.5)
 
         def proj(heads, name):
-            return nn.DenseGeneral(
+            return Projection(
                 (heads, h),
-                kernel_init=nn.with_logical_partitioning(init, ("embed", "heads", "kv")),
+                ("embed", "heads", "kv"),
+                init,
                 use_bias=False,
                 dtype=self.dtype,
+                layout=self.kernel_layout,
                 name=name,
             )(x)
 
@@ -186,14 +190,14 @@ class Attention(nn.Module):
                 seq_major = (jnp.swapaxes(key, 1, 2), jnp.swapaxes(value, 1, 2))
                 out = attend(q, *seq_major, mask, self.implementation)
         out = constrain(out, _HEADS)
-        out = nn.DenseGeneral(
+        out = Projection(
             x.shape[-1],
-            axis=(-2, -1),
-            kernel_init=nn.with_logical_partitioning(
-                initializers.truncated_normal((n * h) ** -0.5), ("heads", "kv", "embed")
-            ),
+            ("heads", "kv", "embed"),
+            initializers.truncated_normal((n * h) ** -0.5),
+            num_in=2,
             use_bias=False,
             dtype=self.dtype,
+            layout=self.kernel_layout,
             name="out",
         )(out)
         return out, cache

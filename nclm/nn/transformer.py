@@ -7,8 +7,9 @@
 
 Norm is VALL-E's stage-conditioned AdaLN (a scale/shift row per stage) when `num_stages > 1`.
 Scanned layers keep their parameters stacked on a leading `layers` axis (training, full passes).
-Cached decoding runs the stack unrolled (nclm.lm.model.unrolled), with one KV cache per layer,
-`k, v: [B, K, L, H]`, so each layer reads its own weights and cache in place.
+Cached decoding runs the stack unrolled with out_in projection kernels (nclm.lm.model.for_decoding,
+nclm.nn.projection), with one KV cache per layer, `k, v: [B, K, L, H]`, so each layer reads its
+own weights and cache in place, at the pace of reading them.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
 
 from nclm.nn import init as initializers
 from nclm.nn.attention import Attention, LayerCache
 from nclm.nn.attention_mask import MaskSpec
 from nclm.nn.norms import layer_norm
+from nclm.nn.projection import Projection, to_out_in
 from nclm.sharding import constrain
 
 _RESIDUAL = ("batch", "length", "embed")  # the residual stream [B, T, D]
@@ -55,6 +58,8 @@ class StackConfig:
     scan_layers: bool = True
     remat: str = "none"
     attention: str = "auto"  # nclm.nn.attention.IMPLEMENTATIONS
+    # nclm.nn.projection.LAYOUTS: "out_in" is cached decoding's (unrolled, kernels_out_in)
+    kernel_layout: str = "in_out"
 
     @property
     def head_dim(self) -> int:
@@ -132,6 +137,7 @@ class Block(nn.Module):
             cfg.rope_base,
             self.dtype,
             cfg.attention,
+            cfg.kernel_layout,
             name="attn",
         )(norm(x, "attn_norm"), positions, mask, cache, write_index)
         x = constrain(x + drop(h), _RESIDUAL)
@@ -142,21 +148,21 @@ class Block(nn.Module):
                 ConvModule(cfg.conv_kernel, self.dtype, name="conv")(norm(x, "conv_norm"), valid)
             )
         init = initializers.truncated_normal(cfg.width**-0.5)
-        h = nn.Dense(
+        h = Projection(
             cfg.ffn,
-            kernel_init=nn.with_logical_partitioning(init, ("embed", "mlp")),
-            bias_init=_zeros("mlp"),
+            ("embed", "mlp"),
+            init,
             dtype=self.dtype,
+            layout=cfg.kernel_layout,
             name="ffn_in",
         )(norm(x, "ffn_norm"))
         h = constrain(h, ("batch", "length", "mlp"))
-        h = nn.Dense(
+        h = Projection(
             cfg.width,
-            kernel_init=nn.with_logical_partitioning(
-                initializers.truncated_normal(cfg.ffn**-0.5), ("mlp", "embed")
-            ),
-            bias_init=_zeros("embed"),
+            ("mlp", "embed"),
+            initializers.truncated_normal(cfg.ffn**-0.5),
             dtype=self.dtype,
+            layout=cfg.kernel_layout,
             name="ffn_out",
         )(drop(jax.nn.gelu(h)))
         x = constrain(x + drop(h), _RESIDUAL)
@@ -211,7 +217,7 @@ class TransformerStack(nn.Module):
             if cache is not None:
                 raise ValueError(
                     "a KV cache needs an unrolled stack (scan_layers=False; "
-                    "nclm.lm.model.unrolled converts a scanned model's parameters)"
+                    "nclm.lm.model.for_decoding converts a scanned model's parameters)"
                 )
             scanned = nn.scan(
                 _ScanBlock,
@@ -248,9 +254,32 @@ def init_cache(
     )
 
 
+# A block's projections (path under "block") and the input axes each contracts
+_PROJECTIONS = {
+    ("attn", "query"): 1,
+    ("attn", "key"): 1,
+    ("attn", "value"): 1,
+    ("attn", "out"): 2,
+    ("ffn_in",): 1,
+    ("ffn_out",): 1,
+}
+
+
+def kernels_out_in(params: dict) -> dict:
+    """Unrolled stack parameters with in_out projection kernels -> the same with out_in kernels
+    (kernel_layout="out_in", nclm.nn.projection): what cached decoding runs."""
+    flat = traverse_util.flatten_dict(params)
+    for path, value in flat.items():
+        if path[0].startswith("layer_") and path[-1] == "kernel" and path[1] == "block":
+            num_in = _PROJECTIONS.get(path[2:-1])
+            if num_in is not None:
+                flat[path] = to_out_in(value, num_in)
+    return traverse_util.unflatten_dict(flat)
+
+
 def unstack_layers(params: dict) -> dict:
     """Scanned stack parameters ({"layers": {"block": stacked}}) -> unrolled ({"layer_i":
-    {"block": ...}}): what cached decoding runs (nclm.lm.model.unrolled)."""
+    {"block": ...}}): what cached decoding runs (nclm.lm.model.for_decoding)."""
     params = dict(params)
     stacked = params.pop("layers")
     num = jax.tree_util.tree_leaves(stacked)[0].shape[0]

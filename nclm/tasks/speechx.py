@@ -272,7 +272,7 @@ class SpeechXRunner(Synthesizer):
             prompt, starts,
         )  # fmt: skip
         prefix = sx.Prefix(kind, codes)
-        common = {"cfg": self.cfg, "dtype": self.dtype, "prefix": prefix}
+        common = {"cfg": self.decode_cfg, "dtype": self.dtype, "prefix": prefix}
         inputs = (params, text, text_len, prompt, start)
         if mode == "masked":
             lengths = gen

@@ -172,6 +172,7 @@ class Synthesizer:
         self.max_text_tokens = meta.get("max_text_tokens")
         self.max_audio_frames = meta.get("max_audio_frames")
         self._placement = self._codec = None
+        self.decode_cfg = None  # the model's config in decoding form, once _load has run
         self.batch_devices: list[int] = []  # per batch of the last run: devices its rows spread on
 
     # -- facts ---------------------------------------------------------------------------------
@@ -403,9 +404,12 @@ class Synthesizer:
             return
         from nclm.codec.interface import NeuralCodec
         from nclm.lm.checkpoint import load_lm
+        from nclm.lm.model import for_decoding
         from nclm.tasks.data_parallel import DataParallel
 
         _, params, _, _ = load_lm(self.lm_dir)
+        # decoding's form (unrolled, out_in kernels) once per load, not once per call
+        self.decode_cfg, params = for_decoding(self.cfg, params)
         # a batch has at most batch_size rows, so no more devices than that can take a share
         self._placement = DataParallel(params, min(self.num_devices, self.batch_size))
         self._codec = NeuralCodec.load(self.codec_dir)
@@ -464,7 +468,7 @@ class Synthesizer:
         inputs = shard(*self._inputs(rows, prompts))
         text, text_len, prompt, prompt_len = inputs
         num_frames = round_up(int(budget.max()), FRAME_BUCKET)
-        common = {"cfg": self.cfg, "dtype": self.dtype}
+        common = {"cfg": self.decode_cfg, "dtype": self.dtype}
         masked = {"schedule": schedule, **common}
         if mode == "masked":
             (lengths,) = shard(budget)

@@ -16,7 +16,7 @@ import pytest
 from nclm.decode import masked as M
 from nclm.lm import config as C
 from nclm.lm import layout
-from nclm.lm.model import init_lm
+from nclm.lm.model import for_decoding, init_lm
 
 CFG = C.tiny(num_codebooks=3, codebook_size=16, text_vocab_size=20)
 G = 8  # generated-frame bucket
@@ -271,3 +271,14 @@ def test_single_scan_gives_the_unrolled_levels_tokens(setup):
     )
     assert passes == 8
     np.testing.assert_array_equal(out, PINNED_GUIDED)
+
+
+def test_decoding_form_gives_the_same_tokens(setup):
+    """`nclm tts` decodes with its weights in decoding form (unrolled, out_in kernels)."""
+    params, inputs = setup
+    cfg, params = for_decoding(CFG, params)
+    assert "layer_0" in params["backbone"]
+    out, passes = M.masked_generate(
+        params, **inputs, key=jax.random.PRNGKey(1), cfg=cfg, num_frames=G, schedule=SCHED
+    )
+    np.testing.assert_array_equal(out, PINNED_PLAIN)

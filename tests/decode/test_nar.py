@@ -14,7 +14,7 @@ from nclm.decode.nar import _place, nar_generate
 from nclm.decode.sampling import SamplingConfig, sample
 from nclm.lm import config as C
 from nclm.lm import layout
-from nclm.lm.model import CodecLM, init_lm
+from nclm.lm.model import CodecLM, for_decoding, init_lm
 
 CFG = C.tiny(num_codebooks=4, codebook_size=16, text_vocab_size=20)
 SAMPLED = SamplingConfig(temperature=1.0, top_k=6)
@@ -71,6 +71,17 @@ def test_level_loop_equals_unrolled_levels_with_sampling():
     want = np.asarray(_unrolled(*args, cfg=CFG, sampling=SAMPLED))
     np.testing.assert_array_equal(got, want)
     assert len(np.unique(got[:, 1:])) > 3  # sampled levels, not a constant
+
+
+def test_decoding_form_gives_the_same_tokens():
+    """`nclm tts` decodes with its weights in decoding form (unrolled, out_in kernels)."""
+    params = nn.meta.unbox(init_lm(CFG, jax.random.PRNGKey(0)))["params"]
+    args = (*_inputs(CFG), jax.random.PRNGKey(5))
+    want = np.asarray(nar_generate(params, *args, cfg=CFG, sampling=SAMPLED))
+    cfg, params = for_decoding(CFG, params)
+    assert "layer_0" in params["backbone"]
+    got = np.asarray(nar_generate(params, *args, cfg=cfg, sampling=SAMPLED))
+    np.testing.assert_array_equal(got, want)
 
 
 def test_program_does_not_grow_with_levels():

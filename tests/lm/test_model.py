@@ -15,7 +15,7 @@ from nclm.decode.nar import nar_generate
 from nclm.decode.sampling import SamplingConfig, sample_tokens
 from nclm.lm import config as C
 from nclm.lm import layout
-from nclm.lm.model import CodecLM, init_lm, unrolled
+from nclm.lm.model import CodecLM, for_decoding, init_lm
 from nclm.nn import attention as attention_module
 from nclm.nn.transformer import init_cache, unstack_layers
 
@@ -53,7 +53,8 @@ def test_cached_decoding_equals_full_forward(case, monkeypatch):
     slot, for two rows with different text and prompt lengths (also with a shared Conformer
     backbone, whose causal passes skip the conv; with 2 KV heads for 4 query heads in bf16; and
     with blockwise attention in blocks of 4, so that prefill and full passes cross block
-    boundaries). The cached side runs unrolled, as `ar_generate` does; the full pass scanned."""
+    boundaries). The cached side runs in decoding form (unrolled, out_in kernels), as
+    `ar_generate` does; the full pass scanned, in_out, as training does."""
     shared, conv, kv_heads, dtype, attention, (atol, rtol) = CACHED_CASES[case]
     monkeypatch.setattr(attention_module, "_BLOCK", 4)
     cfg = dataclasses.replace(
@@ -61,7 +62,7 @@ def test_cached_decoding_equals_full_forward(case, monkeypatch):
     )
     params = _params(cfg)
     full_model = CodecLM(cfg, dtype)  # scanned: the full passes, as training runs them
-    cfg, cached_params = unrolled(cfg, params)  # cached decoding runs unrolled (ar_generate)
+    cfg, cached_params = for_decoding(cfg, params)  # as ar_generate runs it
     model = CodecLM(cfg, dtype)
     apply = jax.jit(model.apply, static_argnames="method")  # one compile per shape
     apply_full = jax.jit(full_model.apply, static_argnames="method")
