@@ -8,9 +8,10 @@ Why a second layout: a decoding step multiplies a few rows by every weight of th
 bound by reading the weights. XLA:CPU multiplies 8 rows by an in_out [1024, 4096] kernel at a
 third of the read bandwidth, and by an out_in kernel, product feature-major [out, rows], at full
 bandwidth: 12 such kernels at 8 rows took 45 ms against 15 ms, and 14 ms against 11 ms at 1 row
-(BENCHMARKS.md, "Kernel layout"). So few rows take that product, behind an optimization barrier
-that keeps XLA from folding the transpose back into it; many rows (a prefill) take the usual
-product, which costs the same in either layout.
+(BENCHMARKS.md, "Kernel layout"). So on the CPU few rows take that product, behind an
+optimization barrier that keeps XLA from folding the transpose back into it; many rows (a
+prefill), and every call on other backends, take the usual product [rows, out], which costs the
+same in either layout (an [out, in] kernel is what torch's Linear hands cuBLAS).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class Projection(nn.Module):
             y = jax.lax.dot_general(x, kernel, ((x_in, tuple(range(num_in))), ((), ())))
         else:
             k_in = tuple(range(num_out, num_out + num_in))
-            if math.prod(x.shape[:lead]) <= _FEW_ROWS:
+            if math.prod(x.shape[:lead]) <= _FEW_ROWS and jax.default_backend() == "cpu":
                 # [*out, *lead], then to [*lead, *out] after the barrier
                 y = jax.lax.dot_general(kernel, x, ((k_in, x_in), ((), ())))
                 y = jax.lax.optimization_barrier(y)

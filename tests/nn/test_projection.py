@@ -72,8 +72,8 @@ def test_out_in_equals_in_out(kind, lead):
 
 
 def test_few_rows_take_the_feature_major_product():
-    """Up to _FEW_ROWS rows the out_in product comes out [out, rows] behind a barrier; past them
-    the usual [rows, out] product."""
+    """On the CPU, up to _FEW_ROWS rows the out_in product comes out [out, rows] behind a
+    barrier; past them the usual [rows, out] product (other backends: always the usual one)."""
     decode = Projection(40, ("embed", "mlp"), INIT, layout="out_in")
     params = {"params": {"kernel": jnp.ones((40, 24)), "bias": jnp.zeros((40,))}}
 
