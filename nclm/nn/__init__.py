@@ -6,6 +6,7 @@ from nclm.nn.conv2d import Conv2d, conv2d_output_shape
 from nclm.nn.convnext import ConvNeXtBlock
 from nclm.nn.lstm import LSTMLayer, ResidualLSTM
 from nclm.nn.norms import AdaLayerNorm
+from nclm.nn.projection import Projection
 
 __all__ = [
     "AdaLayerNorm",
@@ -14,6 +15,7 @@ __all__ = [
     "ConvNeXtBlock",
     "ConvTranspose1d",
     "LSTMLayer",
+    "Projection",
     "ResidualLSTM",
     "Snake",
     "conv2d_output_shape",
