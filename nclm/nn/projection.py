@@ -36,6 +36,8 @@ def to_out_in(kernel: jax.Array, num_in: int) -> jax.Array:
 
 
 class Projection(nn.Module):
+    """x[..., *in] -> x . kernel (+ bias) [..., *out], the kernel in `layout` (see above)."""
+
     features: int | tuple[int, ...]
     kernel_axes: tuple[str, ...]  # logical axis names of the in_out kernel [*in, *out]
     kernel_init: Callable
