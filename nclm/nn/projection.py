@@ -51,7 +51,7 @@ class Projection(nn.Module):
         if self.layout not in LAYOUTS:
             raise ValueError(f"kernel layout {self.layout!r}: expected one of {LAYOUTS}")
         out = (self.features,) if isinstance(self.features, int) else tuple(self.features)
-        num_in, num_out = self.num_in, len(out)
+        num_in = self.num_in
         in_out_shape = x.shape[-num_in:] + out
         if len(self.kernel_axes) != len(in_out_shape):
             raise ValueError(f"kernel_axes {self.kernel_axes} for a kernel {in_out_shape}")
@@ -76,14 +76,20 @@ class Projection(nn.Module):
         if self.layout == "in_out":
             y = jax.lax.dot_general(x, kernel, ((x_in, tuple(range(num_in))), ((), ())))
         else:
-            k_in = tuple(range(num_out, num_out + num_in))
-            if math.prod(x.shape[:lead]) <= _FEW_ROWS and jax.default_backend() == "cpu":
-                # [*out, *lead], then to [*lead, *out] after the barrier
-                y = jax.lax.dot_general(kernel, x, ((k_in, x_in), ((), ())))
+            # As 2-D products: XLA canonicalises an N-D dot_general's rhs to [*in, *out] and
+            # would copy the kernel to that order on every call (a transposed copy of each
+            # [N, H, in] attention kernel per prefill).
+            rows_shape = x.shape[:lead]
+            x2 = x.reshape(rows_shape + (math.prod(x.shape[lead:]),))
+            k2 = kernel.reshape(math.prod(out), -1)
+            if math.prod(rows_shape) <= _FEW_ROWS and jax.default_backend() == "cpu":
+                # [out, *lead], then to [*lead, out] after the barrier
+                y = jax.lax.dot_general(k2, x2, (((1,), (lead,)), ((), ())))
                 y = jax.lax.optimization_barrier(y)
-                y = jnp.transpose(y, tuple(range(num_out, num_out + lead)) + tuple(range(num_out)))
+                y = jnp.moveaxis(y, 0, -1)
             else:
-                y = jax.lax.dot_general(x, kernel, ((x_in, k_in), ((), ())))
+                y = jax.lax.dot_general(x2, k2, (((lead,), (1,)), ((), ())))
+            y = y.reshape(rows_shape + out)
         if bias is not None:
             y = y + bias
         return y
