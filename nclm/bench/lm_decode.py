@@ -5,9 +5,13 @@
     nclm bench lm-decode --preset small --batch 64 --context 2000 --steps 1 \
         --attention xla blockwise --compile-only     # memory of the dense vs blockwise programs
 
-AR: the jitted `ar_generate` with min_new = max_new = --steps, so every row runs every step (a
+AR: the jitted `ar_generate` with min_new = budget = --steps, so every row runs every step (a
 random model would otherwise stop at a random EOS). One call is a prefill over the context and
---steps cached steps; the cache holds context + 1 + steps rows. The context is text + prompt
+--steps cached steps. max_new is --max-new (default --steps): the most codes the call allows,
+which sizes the KV cache; `nclm tts` allows 16 per text token where speech takes about 6, so
+`--max-new 960 --steps 384` is a 60-token sentence. --cache growing (the default) lets the cache
+grow in phases as `nclm tts` does (nclm.decode.ar.cache_allowances); full allocates max_new rows
+up front; both run in turn when both are given. The context is text + prompt
 tokens, split as in VALL-E inference: a quarter text (transcript and target phonemes), the rest
 prompt frames. steps/s = steps / call time (per sequence, prefill included); tokens/s = batch x
 steps/s.
@@ -55,6 +59,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--context", type=int, default=256, help="text + prompt tokens before decoding (256)"
     )
     parser.add_argument("--steps", type=int, default=128, help="AR steps / NAR frames (128)")
+    parser.add_argument(
+        "--max-new", type=int, help="AR: the codes a call allows, sizing the cache (--steps)"
+    )
+    parser.add_argument(
+        "--cache",
+        nargs="+",
+        default=["growing"],
+        choices=["growing", "full"],
+        help="AR KV cache: grown in phases or max_new rows up front, each in turn (growing)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per setting (3)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument(
@@ -88,6 +102,8 @@ def _command(args: argparse.Namespace) -> str:
         f"nclm bench lm-decode --preset {args.preset} --batch {' '.join(map(str, args.batch))} "
         f"--context {args.context} --steps {args.steps} --repeats {args.repeats} "
         f"--dtype {args.dtype} --attention {' '.join(args.attention)}"
+        + (f" --max-new {args.max_new}" if args.max_new else "")
+        + (f" --cache {' '.join(args.cache)}" if args.cache != ["growing"] else "")
         + (" --compile-only" if args.compile_only else "")
         + (" --no-nar" if args.no_nar else "")
         + (f" --weights {args.weights}" if args.weights != "float32" else "")
@@ -115,13 +131,13 @@ def _compile(fn, args: tuple, kwargs: dict, static: dict) -> tuple[Callable, flo
     return compiled, seconds, compiled.memory_analysis().temp_size_in_bytes / 2**20
 
 
-def _setting(cfg, params, batch: int, args: argparse.Namespace, dtype) -> dict:
+def _setting(cfg, params, batch: int, args: argparse.Namespace, dtype, cache: str) -> dict:
     """AR and NAR timings at one batch size."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    from nclm.decode.ar import ar_generate
+    from nclm.decode.ar import FIRST_CACHE_FRAMES, ar_generate
     from nclm.decode.nar import nar_generate
 
     rng = np.random.default_rng(args.seed + batch)
@@ -130,13 +146,16 @@ def _setting(cfg, params, batch: int, args: argparse.Namespace, dtype) -> dict:
     key = jax.random.PRNGKey(args.seed)
     static = {"cfg": cfg, "dtype": dtype}
     row = {"batch": batch, "text": num_text, "prompt": num_prompt, "steps": args.steps}
-    row["attention"] = cfg.attention
+    row["attention"], row["cache"] = cfg.attention, cache
+    row["max_new"] = args.max_new or args.steps
 
     ar_args = (params, text, text_len, prompt[:, 0], prompt_len, key)
-    ar_kwargs = {"min_new": jnp.int32(args.steps)}
+    ar_kwargs = {"min_new": jnp.int32(args.steps), "budget": jnp.full((batch,), args.steps)}
+    first = FIRST_CACHE_FRAMES if cache == "growing" else 0
     compiled, row["ar_compile_s"], row["ar_temp_mb"] = _compile(
-        ar_generate, ar_args, ar_kwargs, {**static, "max_new": args.steps}
-    )
+        ar_generate, ar_args, ar_kwargs,
+        {**static, "max_new": row["max_new"], "first_cache_frames": first},
+    )  # fmt: skip
     if not args.compile_only:
         times = _timed(compiled, ar_args, ar_kwargs, args.repeats)
         row["ar_call_s"] = statistics.median(times)
@@ -263,7 +282,8 @@ def _fmt(r: dict, key: str, spec: str) -> str:
 
 def _table(rows: list[dict]) -> str:
     out = [
-        f"{'attention':>9} {'batch':>5} {'context':>7} {'steps':>5} | {'AR compile s':>12} "
+        f"{'attention':>9} {'cache':>7} {'batch':>5} {'context':>7} {'steps':>5} "
+        f"{'max_new':>7} | {'AR compile s':>12} "
         f"{'temp MB':>8} {'call s':>8} {'steps/s':>8} {'tokens/s':>9} | {'NAR compile s':>13} "
         f"{'temp MB':>8} {'call s':>8} {'passes/s':>8} {'frames/s':>9}"
     ]
@@ -288,7 +308,8 @@ def _table(rows: list[dict]) -> str:
             else f"{'not run':>13}"
         )
         out.append(
-            f"{r['attention']:>9} {r['batch']:>5} {r['text'] + r['prompt']:>7} {r['steps']:>5} | "
+            f"{r['attention']:>9} {r['cache']:>7} {r['batch']:>5} {r['text'] + r['prompt']:>7} "
+            f"{r['steps']:>5} {r['max_new']:>7} | "
             f"{ar} | {nar}"
         )
     return "\n".join(out)
@@ -300,6 +321,10 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError(
             "bench lm-decode: --steps, --repeats and every --batch must be >= 1; --context >= 2"
         )
+    if args.max_new is not None and args.max_new < args.steps:
+        raise ValueError(f"bench lm-decode: --max-new {args.max_new} is below --steps {args.steps}")
+    if args.vs and (args.max_new or args.cache != ["growing"]):
+        raise ValueError("bench lm-decode: --vs times max_new = --steps; drop --max-new/--cache")
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
@@ -348,7 +373,9 @@ def run(args: argparse.Namespace) -> dict:
             continue
         for attention in args.attention:
             cfg_attention = dataclasses.replace(cfg, attention=attention)
-            result["results"].append(_setting(cfg_attention, params, batch, args, dtype))
+            for cache in args.cache:
+                row = _setting(cfg_attention, params, batch, args, dtype, cache)
+                result["results"].append(row)
     # Linux reports kilobytes
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print((_versus_table if args.vs else _table)(result["results"]))

@@ -84,9 +84,9 @@ def _decode(cfg, lm, seconds: float, repeats: int) -> dict:
     def ar_nar():
         level1, n = ar_generate(
             params, text, text_len, prompt[:, 0], start, key, max_new=bucket,
-            sampling=SamplingConfig(temperature=0.0), min_new=frames, **common,
+            sampling=SamplingConfig(temperature=0.0), min_new=frames,
+            budget=jnp.asarray([frames]), **common,
         )  # fmt: skip
-        n = jnp.minimum(n, frames)
         return nar_generate(params, text, text_len, prompt, start, level1, n, key, **common)
 
     def masked():

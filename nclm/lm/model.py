@@ -116,7 +116,7 @@ class CodecLM(nn.Module):
         self, text, text_len, audio_in, audio_len, task, cache=None, write_index=None, prefix=None
     ):
         """Full causal pass over [text | audio_in] (audio_in: level-1 ids [B, Ta], BOS first).
-        With `cache` (one k, v [B, K, L, H] per layer, L >= Lt + Ta; an unrolled model) the K/V
+        With `cache` (one k, v [B x K, L, H] per layer, L >= Lt + Ta; an unrolled model) the K/V
         are written at rows write_index[B] and attention covers the cache (prefill). Returns
         (h [B, Lt+Ta, D], cache).
         """

@@ -1,18 +1,20 @@
 """Multi-head attention with rotary positions and an explicit KV cache.
 
 The cache is a value, passed in and returned (DESIGN.md decision 1): one layer's keys and values
-are `k, v: [B, K, L, H]` (K the key/value heads, L the preallocated length). A call with `cache`
-writes its K/V rows at `write_index[B]` (each row its own offset, so prompts of different lengths
-decode together) and attends over the whole buffer; the mask (a `MaskSpec`: lengths and a causal
-flag, nclm.nn.attention_mask) says which keys each query may see, so stale rows beyond a row's
-length are never read. Without a cache the call attends over its own keys (training, full
-forward).
+are `k, v: [B x K, L, H]` (row b x K + k holds example b's KV head k; L the preallocated length).
+A call with `cache` writes its K/V rows at `write_index[B]` (each row its own offset, so prompts
+of different lengths decode together) and attends over the whole buffer; the mask (a
+`MaskSpec`: lengths and a causal flag, nclm.nn.attention_mask) says which keys each query may
+see, so stale rows beyond a row's length are never read. Without a cache the call attends over
+its own keys (training, full forward).
 
-The cache is heads-major so that a decoding step's two matmuls batch over (B, K) with the cache
+The cache is heads-major so that a decoding step's two matmuls batch over (B x K) with the cache
 as it lies in memory: over a [B, L, K, H] buffer XLA transposes the whole cache of every layer on
-every step (9x slower attention at batch 8 on the CPU). Cached steps (few queries) read it
-directly (`attend_cache`); a prefill attends with the chosen implementation over a transposed
-view.
+every step (9x slower attention at batch 8 on the CPU). Batch and heads share one axis because the
+products take the buffer exactly as the loop carries it: over [B, K, L, H] at batch 1, XLA drops
+the unit axis for the product, and the reshaped view made it update (and copy) the cache twice
+per step. Cached steps (few queries) read it directly (`attend_cache`); a prefill attends with
+the chosen implementation over a transposed view.
 
 `attend` runs one of several implementations of the same masked attention:
     xla        jax's dense reference: float32 scores [B, N, Tq, Lk] under a dense mask
@@ -48,8 +50,8 @@ _BLOCK = 512  # blockwise: queries and keys per block
 
 
 class LayerCache(NamedTuple):
-    k: jax.Array  # [B, K, L, H]
-    v: jax.Array  # [B, K, L, H]
+    k: jax.Array  # [B x K, L, H]
+    v: jax.Array  # [B x K, L, H]
 
 
 def rotary(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax.Array:
@@ -64,7 +66,7 @@ def rotary(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax.Arr
 
 
 def _write_rows(buffer: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
-    """buffer[B, K, L, H] with new[B, T, K, H] written at rows index[B]..index[B] + T.
+    """buffer[B x K, L, H] with new[B, T, K, H] written at rows index[B]..index[B] + T.
 
     A write that cannot fit is never silent (dynamic_update_slice would clamp the index and
     overwrite the last rows): T > L fails at trace time; an index outside [0, L - T] (a traced
@@ -72,30 +74,37 @@ def _write_rows(buffer: jax.Array, new: jax.Array, index: jax.Array) -> jax.Arra
     keys get probability 0, and 0 * NaN is NaN). Poisoning rather than checkify or a host
     callback: it costs one select on T rows inside a jitted decode loop and changes no signature.
     """
-    num_new, size = new.shape[1], buffer.shape[2]
+    batch, num_new, num_kv, head_dim = new.shape
+    size = buffer.shape[1]
     if num_new > size:
         raise ValueError(f"KV cache: writing {num_new} rows into a cache of {size} rows")
     fits = (index >= 0) & (index <= size - num_new)  # [B]
     new = jnp.where(fits[:, None, None, None], new.astype(buffer.dtype), jnp.nan)
-    new = jnp.swapaxes(new, 1, 2)  # [B, K, T, H]: only the new rows are transposed
-    return jax.vmap(lambda b, n, i: jax.lax.dynamic_update_slice(b, n, (0, i, 0)))(
-        buffer, new, index
+    # [B x K, T, H]: only the new rows are transposed
+    new = jnp.swapaxes(new, 1, 2).reshape(batch * num_kv, num_new, head_dim)
+    return jax.vmap(lambda b, n, i: jax.lax.dynamic_update_slice(b, n, (i, 0)))(
+        buffer, new, jnp.repeat(index, num_kv)
     )
 
 
 def attend_cache(q: jax.Array, k: jax.Array, v: jax.Array, spec: MaskSpec) -> jax.Array:
     """The dense masked attention of a few queries q[B, T, N, H] over a heads-major cache
-    k, v [B, K, L, H] (grouped queries: head n reads KV head n // (N / K)), softmax in float32,
-    -> [B, T, N, H]; a query that sees no key outputs zeros. Both matmuls batch over (B, K) in the
-    cache's own layout, so no step moves the cache."""
+    k, v [B x K, L, H] (grouped queries: head n reads KV head n // (N / K)), softmax in float32,
+    -> [B, T, N, H]; a query that sees no key outputs zeros. Both matmuls batch over B x K with
+    the cache as it lies in memory, so no step moves the cache; only the few queries and their
+    outputs are transposed."""
     batch, num_q, num_heads, head_dim = q.shape
-    num_kv, length = k.shape[1], k.shape[2]
-    qg = q.reshape(batch, num_q, num_kv, num_heads // num_kv, head_dim)  # [B, T, K, G, H]
-    scores = jnp.einsum("btkgh,bksh->bkgts", qg, k, preferred_element_type=jnp.float32)
+    num_kv, length = k.shape[0] // batch, k.shape[1]
+    group = num_heads // num_kv
+    qg = q.reshape(batch, num_q, num_kv, group, head_dim)
+    qg = jnp.transpose(qg, (0, 2, 3, 1, 4)).reshape(batch * num_kv, group * num_q, head_dim)
+    scores = jnp.einsum("nqh,nsh->nqs", qg, k, preferred_element_type=jnp.float32)
     mask = spec.dense(num_q, length)[:, None, None]  # [B, 1, 1, T, L]
+    mask = jnp.broadcast_to(mask, (batch, num_kv, group, num_q, length)).reshape(scores.shape)
     scores = jnp.where(mask, scores * head_dim**-0.5, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bksh->btkgh", probs, v).reshape(q.shape)
+    out = jnp.einsum("nqs,nsh->nqh", probs, v).reshape(batch, num_kv, group, num_q, head_dim)
+    out = jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(q.shape)
     seen = spec.query_sees_any(num_q)[:, :, None, None]
     return jnp.where(seen, out, 0).astype(q.dtype)
 
@@ -187,7 +196,10 @@ class Attention(nn.Module):
             if q.shape[1] <= _FEW_QUERIES:  # a decoding step
                 out = attend_cache(q, key, value, mask)
             else:  # a prefill: the implementation's kernel, over keys in sequence order
-                seq_major = (jnp.swapaxes(key, 1, 2), jnp.swapaxes(value, 1, 2))
+                b = q.shape[0]
+                seq_major = tuple(
+                    jnp.swapaxes(c.reshape(b, k, *c.shape[1:]), 1, 2) for c in (key, value)
+                )
                 out = attend(q, *seq_major, mask, self.implementation)
         out = constrain(out, _HEADS)
         out = Projection(

@@ -8,7 +8,7 @@
 Norm is VALL-E's stage-conditioned AdaLN (a scale/shift row per stage) when `num_stages > 1`.
 Scanned layers keep their parameters stacked on a leading `layers` axis (training, full passes).
 Cached decoding runs the stack unrolled with out_in projection kernels (nclm.lm.model.for_decoding,
-nclm.nn.projection), with one KV cache per layer, `k, v: [B, K, L, H]`, so each layer reads its
+nclm.nn.projection), with one KV cache per layer, `k, v: [B x K, L, H]`, so each layer reads its
 own weights and cache in place, at the pace of reading them.
 """
 
@@ -204,7 +204,7 @@ class TransformerStack(nn.Module):
         mask: MaskSpec,  # which keys each query sees (nclm.nn.attention_mask)
         stage: jax.Array | None = None,  # int32[B], AdaLN row
         valid: jax.Array | None = None,  # bool[B, T]: conv module frames; None skips the conv
-        # one LayerCache (k, v: [B, K, L, H]) per layer (init_cache): unrolled stacks only
+        # one LayerCache (k, v: [B x K, L, H]) per layer (init_cache): unrolled stacks only
         cache: tuple[LayerCache, ...] | None = None,
         write_index: jax.Array | None = None,  # int32[B]
     ) -> tuple[jax.Array, tuple[LayerCache, ...] | None]:
@@ -246,9 +246,9 @@ class TransformerStack(nn.Module):
 def init_cache(
     cfg: StackConfig, batch: int, length: int, dtype=jnp.float32
 ) -> tuple[LayerCache, ...]:
-    """Zeros for an (unrolled) stack's KV cache: one LayerCache, k, v [B, K, L, H], per layer,
+    """Zeros for an (unrolled) stack's KV cache: one LayerCache, k, v [B x K, L, H], per layer,
     each its own buffer (a decoding loop writes each in place)."""
-    shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
+    shape = (batch * cfg.num_kv_heads, length, cfg.head_dim)
     return tuple(
         LayerCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(cfg.num_layers)
     )

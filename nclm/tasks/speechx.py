@@ -279,13 +279,17 @@ class SpeechXRunner(Synthesizer):
             frames, _ = masked_generate(*inputs, *shard(gen), key, num_frames=num_frames,
                                         schedule=schedule, **common)  # fmt: skip
         else:
-            # ns/sr/tse: exactly the input's frames (EOS held off, then cut); edits: until EOS
+            # ns/sr/tse: exactly the input's frames (EOS held off until there, then forced);
+            # edits: until EOS or the budget
             fixed = np.array([job.request.task in ("ns", "sr", "tse") for job, _ in rows])
-            (min_new,) = shard(np.where(fixed, gen, 1).astype(np.int32))
+            min_new, row_budget = shard(
+                np.where(fixed, gen, 1).astype(np.int32), np.where(fixed, gen, budget)
+            )
             level1, lengths = ar_generate(params, text, text_len, prompt[:, 0], start, key,
                                           max_new=num_frames, sampling=sampling,
-                                          min_new=min_new, **common)  # fmt: skip
-            lengths = np.minimum(np.asarray(lengths), np.where(fixed, gen, budget)).astype(np.int32)
+                                          min_new=min_new, budget=row_budget,
+                                          **common)  # fmt: skip
+            lengths = np.asarray(lengths, np.int32)  # each row ended at its own budget or EOS
             (gen_len,) = shard(lengths)
             if mode == "ar":
                 frames = nar_generate(*inputs, level1, gen_len, key, **common)

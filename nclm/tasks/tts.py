@@ -477,11 +477,12 @@ class Synthesizer:
             )
         else:
             ar_key, key = jax.random.split(key)
+            (row_budget,) = shard(budget)
             level1, lengths = ar_generate(
                 params, text, text_len, prompt[:, 0], prompt_len, ar_key,
-                max_new=num_frames, sampling=sampling, min_new=1, **common,
+                max_new=num_frames, sampling=sampling, min_new=1, budget=row_budget, **common,
             )  # fmt: skip
-            lengths = np.minimum(np.asarray(lengths), budget).astype(np.int32)
+            lengths = np.asarray(lengths, np.int32)  # each row ended at its own budget or EOS
             num_frames = min(num_frames, round_up(int(lengths.max()), FRAME_BUCKET))
             level1, lengths = shard(level1[:, :num_frames], lengths)
             if mode == "ar":

@@ -7,7 +7,9 @@ sliced every layer's weights and cache out of the stacked arrays and transposed 
 [B, L, K, H] cache for the attention matmuls: on the CPU those moves cost more than the step's
 own reads (VALL-E size, batch 8: 327 ms a step, 260 after the cache fix, now at the floor). The
 cache is allocated inside the jitted call, so the loop's carry is its only owner and no argument
-needs donating. Cached decoding == full forward is tests/lm/test_model.py's."""
+needs donating. A cache that grows in phases (nclm.decode.ar.cache_allowances) has one loop per
+buffer size, and each holds to the same rules. Cached decoding == full forward is
+tests/lm/test_model.py's."""
 
 import math
 import re
@@ -15,8 +17,9 @@ import re
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import pytest
 
-from nclm.decode.ar import ar_generate
+from nclm.decode.ar import ar_generate, cache_allowances
 from nclm.lm import config as C
 from nclm.lm.model import init_lm
 
@@ -78,9 +81,12 @@ def _elements(shape: str) -> int:
     return math.prod(int(d) for d in dims.split(",") if d)
 
 
-def test_compiled_ar_loop_moves_no_weight_or_cache():
+# first_cache_frames 0: one buffer; 3: buffers of 3, 6 and 11 rows. Batch 1 apart: XLA drops
+# unit axes, and at batch 1 it once transposed each layer's value cache for the attention output.
+@pytest.mark.parametrize("b, first_cache_frames", [(1, 0), (2, 0), (2, 3)])
+def test_compiled_ar_loop_moves_no_weight_or_cache(b, first_cache_frames):
     params = nn.meta.unbox(init_lm(CFG, jax.random.PRNGKey(0)))["params"]
-    b, num_text, num_prompt, max_new = 2, 5, 7, 11
+    num_text, num_prompt, max_new = 5, 7, 11
     text, prompt = jnp.ones((b, num_text), jnp.int32), jnp.ones((b, num_prompt), jnp.int32)
     lengths = jnp.full((b,), num_text), jnp.full((b,), num_prompt)
     hlo = (
@@ -93,18 +99,22 @@ def test_compiled_ar_loop_moves_no_weight_or_cache():
             jax.random.PRNGKey(1),
             cfg=CFG,
             max_new=max_new,
+            first_cache_frames=first_cache_frames,
         )  # fmt: skip
         .compile()
         .as_text()
     )
-    size = num_text + 1 + num_prompt + max_new
+    allowances = cache_allowances(max_new, first_cache_frames)
+    assert len(allowances) == (1 if first_cache_frames == 0 else 3)
     head_dim = CFG.width // CFG.num_heads
-    cache = f"f32[{b},{CFG.num_kv_heads},{size},{head_dim}]"  # one layer's k or v
-    ops = loop_ops(hlo, cache)
-    assert ops, "no decoding loop carries the per-layer cache"
     smallest_weight = min(CFG.width * CFG.ffn, CFG.width * CFG.width)
-    floor = min(_elements(cache), smallest_weight)
-    moves = [(op, shape) for op, shape in ops if op in _MOVES and _elements(shape) >= floor]
-    assert moves == [], f"the decoding loop moves whole arrays: {moves}"
-    writes = [shape for op, shape in ops if op in ("scatter", "dynamic-update-slice")]
-    assert writes.count(cache) == 2 * CFG.num_layers  # k and v of each layer, in place
+    for allowance in allowances:
+        size = num_text + 1 + num_prompt + allowance
+        cache = f"f32[{b * CFG.num_kv_heads},{size},{head_dim}]"  # one layer's k or v
+        ops = loop_ops(hlo, cache)
+        assert ops, f"no decoding loop carries a per-layer cache of {size} rows"
+        floor = min(_elements(cache), smallest_weight)
+        moves = [(op, shape) for op, shape in ops if op in _MOVES and _elements(shape) >= floor]
+        assert moves == [], f"the decoding loop over {size} rows moves whole arrays: {moves}"
+        writes = [shape for op, shape in ops if op in ("scatter", "dynamic-update-slice")]
+        assert writes.count(cache) == 2 * CFG.num_layers  # k and v of each layer, in place

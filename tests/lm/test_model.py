@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nclm.decode.ar import ar_generate
+from nclm.decode.ar import FIRST_CACHE_FRAMES, ar_generate, cache_allowances
 from nclm.decode.nar import nar_generate
 from nclm.decode.sampling import SamplingConfig, sample_tokens
 from nclm.lm import config as C
@@ -167,28 +167,50 @@ def _reference_loop(params, cfg, text, text_len, prompt, prompt_len, key, max_ne
     return out
 
 
+# FIRST_CACHE_FRAMES: one buffer of 8 new rows; 2: buffers of 2, 4 and 8 (grown while running)
 @pytest.mark.parametrize(
-    "sampling",
-    [SamplingConfig(temperature=1.0, top_k=5), SamplingConfig(top_p=0.8, repetition_aware=True)],
+    "sampling, first_cache_frames",
+    [
+        (SamplingConfig(temperature=1.0, top_k=5), FIRST_CACHE_FRAMES),
+        (SamplingConfig(top_p=0.8, repetition_aware=True), FIRST_CACHE_FRAMES),
+        (SamplingConfig(top_p=0.8, repetition_aware=True), 2),
+    ],
 )
-def test_lax_loop_equals_reference_loop(sampling):
+def test_lax_loop_equals_reference_loop(sampling, first_cache_frames):
     params = _params()
     text, text_len = _text([6, 2, 4], 7)
     prompt = jnp.asarray(np.random.default_rng(2).integers(0, CFG.codebook_size, (3, 5)), jnp.int32)
     prompt_len = jnp.asarray([5, 0, 3], jnp.int32)
     key = jax.random.PRNGKey(7)
-    codes, lengths = ar_generate(
-        params, text, text_len, prompt, prompt_len, key, cfg=CFG, max_new=8, sampling=sampling
-    )
+    run = partial(
+        ar_generate, params, text, text_len, prompt, prompt_len, key, cfg=CFG, max_new=8,
+        sampling=sampling, first_cache_frames=first_cache_frames,
+    )  # fmt: skip
+    codes, lengths = run()
     ref = _reference_loop(params, CFG, text, text_len, prompt, prompt_len, key, 8, sampling)
     np.testing.assert_array_equal(np.asarray(codes), ref)
     for b in range(3):
         eos = np.flatnonzero(ref[b] == CFG.eos_id)
         assert int(lengths[b]) == (eos[0] if len(eos) else 8)
-    again, _ = ar_generate(
-        params, text, text_len, prompt, prompt_len, key, cfg=CFG, max_new=8, sampling=sampling
-    )
-    np.testing.assert_array_equal(np.asarray(again), np.asarray(codes))  # seeded
+    assert max(int(n) for n in lengths) > 4, "no row reached the last buffer: choose another key"
+    np.testing.assert_array_equal(np.asarray(run()[0]), np.asarray(codes))  # seeded
+    # each row's own budget: the same codes up to it, then EOS; with every row ended within the
+    # first buffer the later ones are never allocated (the conditional's other branch)
+    for budget in ([3, 0, 8], [1, 2, 1]):
+        capped, capped_len = run(budget=jnp.asarray(budget, jnp.int32))
+        want = np.where(np.arange(8) < np.asarray(budget)[:, None], ref, CFG.eos_id)
+        np.testing.assert_array_equal(np.asarray(capped), want)
+        np.testing.assert_array_equal(np.asarray(capped_len), np.minimum(lengths, budget))
+
+
+def test_cache_allowances():
+    """The KV cache's room for new codes, per phase: halved from max_new while >= the first."""
+    assert cache_allowances(960, 256) == (480, 960)
+    assert cache_allowances(1024, 256) == (256, 512, 1024)
+    assert cache_allowances(2000, 256) == (500, 1000, 2000)
+    assert cache_allowances(511, 256) == (511,)  # the half would be under 256: one buffer
+    assert cache_allowances(11, 3) == (3, 6, 11)
+    assert cache_allowances(960, 0) == (960,)
 
 
 def test_nar_generate_matches_per_level_passes():

@@ -84,7 +84,7 @@ def _decode(params, x, positions, prefill: int, length: int, offsets=(0, 0)):
     """Prefill `prefill` rows, then one cached call per row; row b of the batch is written at
     buffer rows offsets[b] + t. -> outputs [B, T, D] in time order."""
     apply = jax.jit(LAYER.apply)
-    cache = LayerCache(jnp.zeros((B, K, length, H)), jnp.zeros((B, K, length, H)))
+    cache = LayerCache(jnp.zeros((B * K, length, H)), jnp.zeros((B * K, length, H)))
     offsets = jnp.asarray(offsets, jnp.int32)
     rows = jnp.arange(length)[None, None]
     outs = []
@@ -113,7 +113,7 @@ def test_gqa_cached_decoding_equals_full_forward(params):
 
 def test_impossible_cache_write_is_an_error_or_nan(params):
     x, positions = _inputs()
-    cache = LayerCache(jnp.zeros((B, K, T - 1, H)), jnp.zeros((B, K, T - 1, H)))
+    cache = LayerCache(jnp.zeros((B * K, T - 1, H)), jnp.zeros((B * K, T - 1, H)))
     with pytest.raises(ValueError, match="writing 7 rows into a cache of 6 rows"):
         LAYER.apply({"params": params}, x, positions, _causal(T, T - 1), cache, jnp.zeros(B, int))
     # Row 0 starts at buffer row 3 of 8: its last 2 writes fall outside the buffer. Row 1 fits.
