@@ -88,6 +88,8 @@ def ar_generate(
     eos = cfg.eos_id
     allowances = cache_allowances(max_new, first_cache_frames)
     budget = jnp.full((batch,), max_new, jnp.int32) if budget is None else budget
+    if budget.shape != (batch,):
+        raise ValueError(f"ar_generate: budget of shape {budget.shape}, expected ({batch},)")
     size = num_text + 1 + num_prompt + allowances[0]
     cache = init_cache(cfg.stack(False), batch, size, dtype)
     audio_in = jnp.concatenate([jnp.full((batch, 1), cfg.bos_id, jnp.int32), prompt], axis=1)

@@ -75,6 +75,11 @@ def _write_rows(buffer: jax.Array, new: jax.Array, index: jax.Array) -> jax.Arra
     callback: it costs one select on T rows inside a jitted decode loop and changes no signature.
     """
     batch, num_new, num_kv, head_dim = new.shape
+    if buffer.ndim != 3 or buffer.shape[0] != batch * num_kv or buffer.shape[2] != head_dim:
+        raise ValueError(
+            f"KV cache of shape {buffer.shape}: expected [batch x kv_heads, length, head_dim] = "
+            f"[{batch * num_kv}, L, {head_dim}] (nclm.nn.transformer.init_cache makes one)"
+        )
     size = buffer.shape[1]
     if num_new > size:
         raise ValueError(f"KV cache: writing {num_new} rows into a cache of {size} rows")

@@ -201,6 +201,8 @@ def test_lax_loop_equals_reference_loop(sampling, first_cache_frames):
         want = np.where(np.arange(8) < np.asarray(budget)[:, None], ref, CFG.eos_id)
         np.testing.assert_array_equal(np.asarray(capped), want)
         np.testing.assert_array_equal(np.asarray(capped_len), np.minimum(lengths, budget))
+    with pytest.raises(ValueError, match=r"budget of shape \(2,\), expected \(3,\)"):
+        run(budget=jnp.asarray([3, 3], jnp.int32))
 
 
 def test_cache_allowances():

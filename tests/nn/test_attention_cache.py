@@ -116,6 +116,9 @@ def test_impossible_cache_write_is_an_error_or_nan(params):
     cache = LayerCache(jnp.zeros((B * K, T - 1, H)), jnp.zeros((B * K, T - 1, H)))
     with pytest.raises(ValueError, match="writing 7 rows into a cache of 6 rows"):
         LAYER.apply({"params": params}, x, positions, _causal(T, T - 1), cache, jnp.zeros(B, int))
+    old_layout = LayerCache(jnp.zeros((B, K, T, H)), jnp.zeros((B, K, T, H)))  # [B, K, L, H]
+    with pytest.raises(ValueError, match=r"expected \[batch x kv_heads, length, head_dim\]"):
+        LAYER.apply({"params": params}, x, positions, _causal(T, T), old_layout, jnp.zeros(B, int))
     # Row 0 starts at buffer row 3 of 8: its last 2 writes fall outside the buffer. Row 1 fits.
     full, _ = LAYER.apply({"params": params}, x, positions, _causal(T, T))
     cached = _decode(params, x, positions, prefill=3, length=T + 1, offsets=(3, 0))
