@@ -36,6 +36,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   python -m pip install -q "torch==2.13.0"
   # eval: the offline evaluators of `nclm eval` (pocketsphinx, resemblyzer, speechmos, jiwer)
   python -m pip install -q -e ".[test,parity,eval]"
+  # The published Vocos, the reference of the Vocos-EnCodec parity test. Without its declared
+  # dependencies: they pin torchaudio and encodec, whose wheels need another torch; the test
+  # uses only its backbone and iSTFT head (torch, numpy, scipy).
+  python -m pip install -q --no-deps "vocos==0.1.0"
   # librosa (DNSMOS, resemblyzer) compiles its numba kernels on first use and caches them in
   # site-packages: once here (35 CPU-s) rather than inside the first evaluation or test
   python -W ignore -c "import numpy, librosa; librosa.feature.melspectrogram(y=numpy.ones(4000))"

@@ -5,6 +5,7 @@ nclm codec info    --codec runs/tiny [--json]
 nclm codec encode  --codec runs/tiny IN OUT [--levels N] [--batch-size B]
 nclm codec decode  --codec runs/tiny IN.npz OUT.wav [--levels N]
 nclm codec convert --from transformers SRC_DIR --out DIR
+nclm codec convert --from vocos VOCOS_DIR --encodec ENCODEC_DIR --out DIR
 nclm codec eval    --codec runs/tiny --manifest valid.jsonl [--out DIR]
 """
 
@@ -79,10 +80,18 @@ def register(groups: argparse._SubParsersAction) -> argparse._SubParsersAction:
         "--from",
         dest="source",
         required=True,
-        choices=["transformers"],
-        help="source format: a transformers EnCodec/DAC save_pretrained directory",
+        choices=["transformers", "vocos"],
+        help="source format: a transformers EnCodec/DAC save_pretrained directory, or a "
+        "Vocos-EnCodec directory (config.yaml + pytorch_model.bin, e.g. charactr/"
+        "vocos-encodec-24khz) decoding the codes of the --encodec model",
     )
     p.add_argument("src", metavar="SRC_DIR")
+    p.add_argument(
+        "--encodec",
+        metavar="DIR",
+        help="with --from vocos: the transformers EnCodec directory (e.g. facebook/encodec_24khz) "
+        "whose encoder and codebooks the codec uses",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory to create")
     p.add_argument("--force", action="store_true", help="replace an existing codec checkpoint")
     set_command(p, _codec_convert)
@@ -287,13 +296,28 @@ def _read_codes(path: Path):
 
 
 def _codec_convert(args: argparse.Namespace) -> None:
-    from nclm.codec.convert import convert_transformers
-
     src = Path(args.src)
     if not src.is_dir():
-        raise FileNotFoundError(f"{src}: no such directory (expected a transformers model dir)")
+        raise FileNotFoundError(f"{src}: no such directory (expected a {args.source} model dir)")
+    if args.source == "vocos":
+        if not args.encodec:
+            raise ValueError(
+                "--from vocos needs --encodec DIR: the transformers EnCodec model whose codes "
+                "the Vocos decodes (e.g. a local copy of facebook/encodec_24khz)"
+            )
+        if not Path(args.encodec).is_dir():
+            raise FileNotFoundError(f"--encodec {args.encodec}: no such directory")
+    elif args.encodec:
+        raise ValueError("--encodec is for --from vocos only")
     out = _new_checkpoint_dir(args.out, args.force)
-    cid = convert_transformers(src, out)
+    if args.source == "vocos":
+        from nclm.codec.convert_vocos import convert_vocos
+
+        cid = convert_vocos(src, args.encodec, out)
+    else:
+        from nclm.codec.convert import convert_transformers
+
+        cid = convert_transformers(src, out)
     print(f"{cid} -> {out}")
 
 

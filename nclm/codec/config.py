@@ -73,6 +73,10 @@ class VocosConfig:
     num_layers: int = 8
     n_fft: int = 0  # 0: 4 x hop
     condition_on_levels: bool = True  # AdaLN over the number of levels used (variable bitrate)
+    # The level counts that own an AdaLN row, ascending; () gives every count 1..Q its own row.
+    # Published Vocos-EnCodec has rows for 2, 4, 8, 16 levels (1.5, 3, 6, 12 kbps) only: decoding
+    # other counts is an error, and training draws between them use the row of the count below.
+    condition_levels: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,15 @@ class CodecConfig:
             raise ValueError(f"codec decoder must be 'waveform' or 'vocos', got {self.decoder!r}")
         if self.decoder == "vocos" and self.vocos is None:
             object.__setattr__(self, "vocos", VocosConfig())
+        if self.decoder == "vocos" and self.vocos.condition_levels:
+            levels = self.vocos.condition_levels
+            if list(levels) != sorted(set(levels)) or not 1 <= levels[0] <= levels[-1] <= (
+                self.quantizer.num_codebooks
+            ):
+                raise ValueError(
+                    f"vocos.condition_levels must be ascending level counts in 1.."
+                    f"{self.quantizer.num_codebooks} (quantizer.num_codebooks), got {levels}"
+                )
         if self.quantizer.kind not in ("ema", "factorized"):
             raise ValueError(
                 f"quantizer.kind must be 'ema' or 'factorized', got {self.quantizer.kind!r}"

@@ -61,7 +61,7 @@ def read_state_dict(src: Path) -> dict[str, np.ndarray]:
     raise ConversionError(f"{src}: no model.safetensors or pytorch_model.bin")
 
 
-class _Source:
+class SourceTensors:
     """The source state dict, tracking which tensors were used."""
 
     def __init__(self, state: dict[str, np.ndarray], origin: str):
@@ -89,7 +89,7 @@ class _Source:
             )
 
 
-def _weight_norm_parts(src: _Source, prefix: str, norm_dims: tuple[int, ...]):
+def _weight_norm_parts(src: SourceTensors, prefix: str, norm_dims: tuple[int, ...]):
     """(v, g) in PyTorch layout from any of the three storage forms; g is flattened."""
     if src.has(f"{prefix}.parametrizations.weight.original1"):
         v = src.take(f"{prefix}.parametrizations.weight.original1")
@@ -102,18 +102,18 @@ def _weight_norm_parts(src: _Source, prefix: str, norm_dims: tuple[int, ...]):
     return v, g.reshape(-1)
 
 
-def conv(src: _Source, prefix: str) -> dict:
+def conv(src: SourceTensors, prefix: str) -> dict:
     """torch Conv1d (weight-normed or not) -> nclm Conv1d params with weight norm."""
     v, g = _weight_norm_parts(src, prefix, (1, 2))
     return {"weight_v": v.transpose(2, 1, 0), "weight_g": g, "bias": src.take(f"{prefix}.bias")}
 
 
-def conv_transpose(src: _Source, prefix: str) -> dict:
+def conv_transpose(src: SourceTensors, prefix: str) -> dict:
     v, g = _weight_norm_parts(src, prefix, (1, 2))  # torch normalises per input channel (dim 0)
     return {"weight_v": v.transpose(2, 0, 1), "weight_g": g, "bias": src.take(f"{prefix}.bias")}
 
 
-def lstm(src: _Source, prefix: str, num_layers: int) -> dict:
+def lstm(src: SourceTensors, prefix: str, num_layers: int) -> dict:
     return {
         f"layer_{k}": {
             "w_ih": src.take(f"{prefix}.weight_ih_l{k}").T,
@@ -124,7 +124,7 @@ def lstm(src: _Source, prefix: str, num_layers: int) -> dict:
     }
 
 
-def snake(src: _Source, prefix: str) -> dict:
+def snake(src: SourceTensors, prefix: str) -> dict:
     return {"alpha": src.take(f"{prefix}.alpha").reshape(-1)}
 
 
@@ -167,7 +167,7 @@ def encodec_config(hf: dict, name: str) -> CodecConfig:
     return CodecConfig(name, hf["sampling_rate"], net, quant)
 
 
-def _seanet_resblock(src: _Source, prefix: str, shortcut: bool) -> dict:
+def _seanet_resblock(src: SourceTensors, prefix: str, shortcut: bool) -> dict:
     out = {
         "conv_0": conv(src, f"{prefix}.block.1.conv"),
         "conv_1": conv(src, f"{prefix}.block.3.conv"),
@@ -177,7 +177,7 @@ def _seanet_resblock(src: _Source, prefix: str, shortcut: bool) -> dict:
     return out
 
 
-def encodec_variables(src: _Source, cfg: CodecConfig) -> dict:
+def encodec_variables(src: SourceTensors, cfg: CodecConfig) -> dict:
     """Walks the transformers EnCodec module lists in the order they are built."""
     net: SEANetConfig = cfg.network
     enc, i = {"stem": conv(src, "encoder.layers.0.conv")}, 1
@@ -246,7 +246,7 @@ def dac_config(hf: dict, name: str) -> CodecConfig:
     return CodecConfig(name, hf["sampling_rate"], net, quant)
 
 
-def _dac_resunit(src: _Source, prefix: str) -> dict:
+def _dac_resunit(src: SourceTensors, prefix: str) -> dict:
     return {
         "snake_0": snake(src, f"{prefix}.snake1"),
         "conv_0": conv(src, f"{prefix}.conv1"),
@@ -255,7 +255,7 @@ def _dac_resunit(src: _Source, prefix: str) -> dict:
     }
 
 
-def dac_variables(src: _Source, cfg: CodecConfig) -> dict:
+def dac_variables(src: SourceTensors, cfg: CodecConfig) -> dict:
     num_blocks = len(cfg.network.strides)
     enc = {
         "stem": conv(src, "encoder.conv1"),
@@ -300,7 +300,7 @@ def dac_variables(src: _Source, cfg: CodecConfig) -> dict:
 FAMILIES = {"encodec": (encodec_config, encodec_variables), "dac": (dac_config, dac_variables)}
 
 
-def _check_against(reference: dict, converted: dict, origin: str) -> None:
+def check_against(reference: dict, converted: dict, origin: str) -> None:
     """Every nclm variable must be present with the right shape, and nothing else."""
     ref = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(reference)}
     got = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(converted)}
@@ -335,11 +335,11 @@ def convert_transformers_dir(src_dir: str | os.PathLike) -> tuple[CodecConfig, d
         cfg = make_config(hf, f"{model_type}_{hf['sampling_rate'] // 1000}khz")
     except KeyError as e:
         raise ConversionError(f"{config_file}: missing key {e}") from None
-    src = _Source(read_state_dict(src_dir), str(src_dir))
+    src = SourceTensors(read_state_dict(src_dir), str(src_dir))
     variables = jax.tree_util.tree_map(np.asarray, make_variables(src, cfg))
     src.check_all_used()
     reference = jax.eval_shape(lambda: init_codec(cfg, jax.random.PRNGKey(0)))
-    _check_against(reference, variables, str(src_dir))
+    check_against(reference, variables, str(src_dir))
     return cfg, variables
 
 

@@ -2,7 +2,8 @@
 
 It replaces a waveform decoder: z[B, T, D] (the quantized latent) -> wav[B, T * hop, 1]. With
 `condition_on_levels`, its LayerNorms are adaptive and pick a row by the number of RVQ levels the
-codes carry, so one decoder serves every bitrate.
+codes carry, so one decoder serves every bitrate (a row per count, or per count listed in
+`condition_levels`, as the published Vocos-EnCodec has for its four bandwidths).
 """
 
 from __future__ import annotations
@@ -35,11 +36,13 @@ class VocosDecoder(nn.Module):
     ) -> jax.Array:
         cfg = self.cfg
         n_fft = cfg.n_fft or 4 * self.hop
-        conditions = self.num_levels if cfg.condition_on_levels else 0
+        conditions = 0
+        if cfg.condition_on_levels:
+            conditions = len(cfg.condition_levels) or self.num_levels
         cond_id = None
         if conditions:
             used = self.num_levels if levels_used is None else levels_used
-            cond_id = jnp.broadcast_to(jnp.asarray(used, jnp.int32) - 1, (z.shape[0],))
+            cond_id = jnp.broadcast_to(condition_row(cfg, used), (z.shape[0],))
         x = Conv1d(cfg.dim, 7, padding=3, weight_norm=False, init_std=0.02, name="embed")(
             z, lengths
         )
@@ -54,6 +57,22 @@ class VocosDecoder(nn.Module):
             n_fft + 2, kernel_init=initializers.truncated_normal(0.02), dtype=x.dtype, name="head"
         )
         return istft_head(head(x), n_fft, self.hop, lengths)
+
+
+def condition_row(cfg: VocosConfig, levels_used: jax.Array | int) -> jax.Array:
+    """The AdaLN row for codes of `levels_used` levels: count - 1, or with `condition_levels` the
+    row of the largest listed count <= it. A static count that is not listed is an error (the
+    decoder never learned it); traced counts (training's random levels) take the row below."""
+    listed = cfg.condition_levels
+    if not listed:
+        return jnp.asarray(levels_used, jnp.int32) - 1
+    if isinstance(levels_used, int) and levels_used not in listed:
+        raise ValueError(
+            f"this Vocos decoder decodes codes of {', '.join(map(str, listed))} levels "
+            f"(vocos.condition_levels), got {levels_used}"
+        )
+    at_or_below = jnp.asarray(levels_used)[..., None] >= jnp.asarray(listed)
+    return jnp.maximum(jnp.sum(at_or_below, axis=-1, dtype=jnp.int32) - 1, 0)
 
 
 def istft_head(x: jax.Array, n_fft: int, hop: int, lengths: jax.Array | None = None) -> jax.Array:

@@ -15,6 +15,7 @@ import pytest
 from nclm.codec.convert import ConversionError, convert_transformers, convert_transformers_dir
 from nclm.codec.interface import NeuralCodec
 from nclm.codec.model import Codec
+from tests.codec.reference_encodec import random_encodec, speech_like
 from tests.conftest import optional
 
 # Every test here compares with (or converts from) the transformers models.
@@ -22,43 +23,9 @@ pytestmark = pytest.mark.needs("torch", "transformers")
 torch, transformers = optional("torch"), optional("transformers")
 
 
-def _signal(batch: int, length: int, seed: int) -> np.ndarray:
-    """Speech-like test input: a few harmonics with vibrato plus a little noise."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(length) / 16000
-    f0 = 120 + 30 * rng.random((batch, 1))
-    phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.05 * np.sin(2 * np.pi * 3 * t)), axis=1) / 16000
-    x = sum(np.sin(k * phase) / k for k in range(1, 6)) * 0.2
-    return (x + 0.01 * rng.standard_normal((batch, length))).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
 def encodec_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    model = transformers.EncodecModel(transformers.EncodecConfig()).eval()
-    with torch.no_grad():
-        # transformers initialises codebooks to zeros. Level 1 gets real latent frames (of other
-        # audio) so its choice varies over time; deeper levels get noise at the residual's scale.
-        # Random weights put every latent frame near one offset (|z|^2 ~ 0.1, while frames
-        # differ by ~1e-3 per channel), so the expanded |z|^2 - 2 z.e + |e|^2 that both sides
-        # compute in float32 cancels ~2000-fold, and 1024 picks of 300 frames repeat codewords:
-        # level 1 then held ties decided by rounding (a 999-sample clip's last frame: squared
-        # distances 9.786e-5 vs 9.792e-5, computed with ~1e-7 error, flipped under jit). The head
-        # bias removes the offset and each codeword gets its own jitter, so codes are decided by
-        # the encoders' outputs, not by the float32 rounding of the distances.
-        latents = model.encoder(torch.from_numpy(_signal(4, 24000, 99))[:, None])
-        frames = latents.permute(0, 2, 1).reshape(-1, latents.shape[1])
-        spread = float(frames.std(dim=0).mean())
-        center = frames.mean(dim=0)
-        model.encoder.layers[-1].conv.bias.sub_(center)
-        frames = frames - center
-        for q, layer in enumerate(model.quantizer.layers):
-            if q == 0:
-                pick = torch.randint(0, len(frames), (layer.codebook.embed.shape[0],))
-                jitter = torch.randn(len(pick), frames.shape[1]) * (0.25 * spread)
-                layer.codebook.embed.copy_(frames[pick] + jitter)
-            else:
-                layer.codebook.embed.normal_(0.0, spread / q)
+    model = random_encodec()
     path = tmp_path_factory.mktemp("encodec_hf")
     model.save_pretrained(path)
     return model, path
@@ -107,7 +74,7 @@ def test_encodec_parity(encodec_dir, length):
     cfg, variables = convert_transformers_dir(path)
     assert (cfg.sample_rate, cfg.hop_length, cfg.num_codebooks) == (24000, 320, 32)
     encode, decode = _jitted(cfg)
-    x = _signal(2, length, seed=length)
+    x = speech_like(2, length, seed=length)
     with torch.no_grad():
         ref_codes = hf.encode(torch.from_numpy(x)[:, None], bandwidth=24.0).audio_codes[0].numpy()
         ref_wav = hf.decode(torch.from_numpy(ref_codes)[None], [None]).audio_values[:, 0].numpy()
@@ -130,7 +97,7 @@ def test_dac_parity(dac_dir, length):
     cfg, variables = convert_transformers_dir(path)
     assert (cfg.sample_rate, cfg.hop_length, cfg.num_codebooks) == (16000, 512, 9)
     encode, decode = _jitted(cfg)
-    x = _signal(2, length, seed=length)
+    x = speech_like(2, length, seed=length)
     with torch.no_grad():
         ref_codes = hf.encode(torch.from_numpy(x)[:, None]).audio_codes.numpy()
         ref_wav = hf.decode(audio_codes=torch.from_numpy(ref_codes)).audio_values.numpy()
@@ -149,7 +116,7 @@ def test_saved_checkpoint_round_trip(encodec_dir, tmp_path):
     codec = NeuralCodec.load(tmp_path / "codec", bucket_frames=1)
     assert codec.codec_id == cid and cid.startswith("encodec_24khz-")
     assert codec.bitrate() == 24000 and codec.bitrate(8) == 6000
-    x = _signal(1, 320 * 40, seed=7)
+    x = speech_like(1, 320 * 40, seed=7)
     with torch.no_grad():
         ref = hf.encode(torch.from_numpy(x)[:, None], bandwidth=6.0).audio_codes[0].numpy()
     codes, frames = codec.encode(x, num_levels=8)
@@ -194,7 +161,7 @@ def _check_user_path(name, hf, path, tmp_path):
     assert codec.codec_id == cid
     hop = codec.hop_length
     lengths = [5 * hop + 77, bucket * hop, 3 * bucket * hop + 123]  # <, =, > one bucket
-    clips = [_signal(1, n, seed=n)[0] for n in lengths]
+    clips = [speech_like(1, n, seed=n)[0] for n in lengths]
     batch = np.zeros((len(clips), max(lengths)), np.float32)
     for i, clip in enumerate(clips):
         batch[i, : len(clip)] = clip

@@ -1,0 +1,235 @@
+"""Vocos-EnCodec parity: the published Vocos (the `vocos` package's backbone and iSTFT head, at
+the published vocos-encodec-24khz sizes) decoding transformers EnCodec's codes, against the codec
+`nclm codec convert --from vocos` writes, on the same random weights: every published bandwidth,
+alone and batched with padding, as `nclm codec decode` and token pipelines call it."""
+
+import dataclasses
+import importlib
+import importlib.util
+import sys
+import types
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nclm.cli import main as nclm_main
+from nclm.codec.config import VocosConfig
+from nclm.codec.convert import ConversionError
+from nclm.codec.convert_vocos import convert_vocos_dir
+from nclm.codec.interface import NeuralCodec
+from nclm.codec.vocos import condition_row
+from tests.codec.reference_encodec import random_encodec, speech_like
+from tests.conftest import optional
+
+pytestmark = pytest.mark.needs("torch", "transformers", "vocos")
+torch, yaml = optional("torch"), optional("yaml")
+
+BANDWIDTHS = [1.5, 3.0, 6.0, 12.0]  # kbps: 2, 4, 8 and 16 levels at 75 Hz, 10 bits a code
+LEVELS = [2, 4, 8, 16]
+
+
+def _published_vocos_classes():
+    """(VocosBackbone, ISTFTHead) as the package defines them. Its __init__ imports the feature
+    extractors, which need torchaudio and encodec (wheels built for another torch); the backbone
+    and head need neither. So the package is entered without its __init__, and heads.py's one
+    torchaudio import (the mel-scale helpers of a head not used here) is served by a module whose
+    helpers raise if called."""
+    spec = importlib.util.find_spec("vocos")
+    package = types.ModuleType("vocos")
+    package.__path__ = list(spec.submodule_search_locations)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(sys.modules, "vocos", package)
+        if importlib.util.find_spec("torchaudio") is None:
+
+            def unused(*args, **kwargs):
+                raise NotImplementedError("torchaudio's mel scale is not used by ISTFTHead")
+
+            helpers = types.ModuleType("torchaudio.functional.functional")
+            helpers._hz_to_mel = helpers._mel_to_hz = unused
+            for name in ("torchaudio", "torchaudio.functional"):
+                mp.setitem(sys.modules, name, types.ModuleType(name))
+            mp.setitem(sys.modules, "torchaudio.functional.functional", helpers)
+        for sub in ("modules", "models", "spectral_ops", "heads"):
+            mp.delitem(sys.modules, f"vocos.{sub}", raising=False)
+        models, heads = (
+            importlib.import_module("vocos.models"),
+            importlib.import_module("vocos.heads"),
+        )
+        return models.VocosBackbone, heads.ISTFTHead
+
+
+def _vocos_config() -> dict:
+    part = lambda path, **args: {"class_path": path, "init_args": args}
+    return {
+        "feature_extractor": part(
+            "vocos.feature_extractors.EncodecFeatures",
+            encodec_model="encodec_24khz",
+            bandwidths=BANDWIDTHS,
+            train_codebooks=False,
+        ),
+        "backbone": part(
+            "vocos.models.VocosBackbone",
+            input_channels=128,
+            dim=384,
+            intermediate_dim=1152,
+            num_layers=8,
+            adanorm_num_embeddings=4,
+        ),
+        "head": part("vocos.heads.ISTFTHead", dim=384, n_fft=1280, hop_length=320, padding="same"),
+    }
+
+
+def _write_vocos(path, state: dict, config: dict) -> None:
+    path.mkdir()
+    torch.save(state, path / "pytorch_model.bin")
+    (path / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """(encodec, backbone, head, encodec_dir, vocos_dir, state): both models as published code
+    builds them, and the directories `nclm codec convert` reads."""
+    encodec = random_encodec()
+    encodec_dir = tmp_path_factory.mktemp("encodec_hf")
+    encodec.save_pretrained(encodec_dir)
+    backbone_cls, head_cls = _published_vocos_classes()
+    config = _vocos_config()
+    torch.manual_seed(2)
+    backbone = backbone_cls(**config["backbone"]["init_args"]).eval()
+    head = head_cls(**config["head"]["init_args"]).eval()
+    with torch.no_grad():
+        # Vocos starts every AdaLN row at scale 1 and shift 0, and every bias at 0: give each its
+        # own values, so that a wrong row, or a bias left out, changes the audio
+        for name, p in [*backbone.named_parameters(), *head.named_parameters()]:
+            if name.endswith("scale.weight"):
+                p.copy_(1 + 0.3 * torch.randn_like(p))
+            elif name.endswith(("shift.weight", "bias")):
+                p.copy_(0.1 * torch.randn_like(p))
+            elif name.endswith("gamma"):
+                p.mul_(1 + torch.rand_like(p))
+    state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
+    state |= {f"head.{k}": v for k, v in head.state_dict().items()}
+    books = [encodec.quantizer.layers[q].codebook.embed for q in range(max(LEVELS))]
+    state["feature_extractor.codebook_weights"] = torch.cat(books).clone()
+    vocos_dir = tmp_path_factory.mktemp("vocos") / "vocos_encodec_24khz"
+    _write_vocos(vocos_dir, state, config)
+    return encodec, backbone, head, encodec_dir, vocos_dir, state
+
+
+def _reference_decode(published, codes: np.ndarray, bandwidth_id: int) -> np.ndarray:
+    """codes[B, Q, T] -> wav[B, T * 320]: EnCodec's quantized latent (sum of codebook vectors),
+    then Vocos's backbone at the bandwidth's AdaLN row and its iSTFT head."""
+    encodec, backbone, head = published[:3]
+    with torch.no_grad():
+        latent = encodec.quantizer.decode(torch.from_numpy(codes).transpose(0, 1))
+        x = backbone(latent, bandwidth_id=torch.tensor([bandwidth_id]))
+        return head(x).numpy()
+
+
+def test_vocos_user_path_parity(published, tmp_path):
+    """`nclm codec convert --from vocos`, then NeuralCodec as `nclm codec encode|decode` call it:
+    EnCodec's codes at every published bandwidth, and Vocos's audio for them, alone and with
+    clips of other lengths in one padded batch (each row decoded as if alone)."""
+    encodec, _, _, encodec_dir, vocos_dir, _ = published
+    out = tmp_path / "codec"
+    nclm_main(["codec", "convert", "--from", "vocos", str(vocos_dir), "--encodec", str(encodec_dir),
+               "--out", str(out)])  # fmt: skip
+    codec = NeuralCodec.load(out, bucket_frames=8)
+    assert codec.codec_id.startswith("encodec_24khz_vocos-")
+    assert codec.num_codebooks == 16 and codec.bitrate() == 12000
+    hop = codec.hop_length
+    lengths = [5 * hop + 77, 8 * hop, 3 * 8 * hop + 123]  # shorter than, one, over a bucket
+    clips = [speech_like(1, n, seed=n)[0] for n in lengths]
+    refs = {}
+    for bandwidth_id, (bandwidth, levels) in enumerate(zip(BANDWIDTHS, LEVELS)):
+        x = clips[-1][None]
+        with torch.no_grad():
+            ref_codes = encodec.encode(torch.from_numpy(x)[:, None], bandwidth=bandwidth)
+        ref_codes = ref_codes.audio_codes[0].numpy()
+        codes, frames = codec.encode(x, num_levels=levels)
+        np.testing.assert_array_equal(codes, ref_codes, err_msg=f"{levels} levels")
+        ref_wav = _reference_decode(published, ref_codes, bandwidth_id)[0]
+        wav, samples = codec.decode(ref_codes)
+        assert samples[0] == len(ref_wav) == frames[0] * hop
+        assert np.abs(ref_wav).max() > 1e-2  # a real signal is compared
+        np.testing.assert_allclose(wav[0], ref_wav, atol=1e-6, rtol=0, err_msg=f"{levels} levels")
+        refs[levels] = ref_wav
+    # the rows differ, so the comparisons above tell the bandwidths apart
+    assert np.abs(refs[8] - refs[16]).max() > 1e-3
+
+    # one padded batch at 6 kbps: every row equals that clip decoded alone by the reference
+    codes = [codec.encode(c[None], num_levels=8)[0][0] for c in clips]
+    padded = np.zeros((len(codes), 8, max(c.shape[-1] for c in codes)), np.int32)
+    for i, c in enumerate(codes):
+        padded[i, :, : c.shape[-1]] = c
+    wav, samples = codec.decode(padded, np.array([c.shape[-1] for c in codes]))
+    for i, c in enumerate(codes):
+        ref_wav = _reference_decode(published, c[None], LEVELS.index(8))[0]
+        assert samples[i] == len(ref_wav)
+        np.testing.assert_allclose(wav[i, : len(ref_wav)], ref_wav, atol=1e-6, rtol=0)
+
+
+def test_unlisted_level_counts(published, tmp_path):
+    """Codes of a level count Vocos was not trained on are refused by name, not decoded with some
+    row; traced counts (training's random levels) take the row of the listed count below."""
+    encodec_dir, vocos_dir = published[3:5]
+    cfg, variables = convert_vocos_dir(vocos_dir, encodec_dir)
+    assert cfg.vocos.condition_levels == (2, 4, 8, 16)
+    with pytest.raises(ValueError, match=r"decodes codes of 2, 4, 8, 16 levels .* got 3"):
+        condition_row(cfg.vocos, 3)
+    used = jnp.array([1, 2, 3, 5, 8, 15, 16])
+    assert condition_row(cfg.vocos, used).tolist() == [0, 0, 0, 1, 2, 2, 3]
+    every_count = VocosConfig()  # no list: a row per count
+    with pytest.raises(ValueError, match=r"condition_levels must be ascending .* got \(4, 2\)"):
+        dataclasses.replace(cfg, vocos=dataclasses.replace(cfg.vocos, condition_levels=(4, 2)))
+    with pytest.raises(ValueError, match=r"in 1..16 .* got \(2, 32\)"):
+        dataclasses.replace(cfg, vocos=dataclasses.replace(cfg.vocos, condition_levels=(2, 32)))
+    assert condition_row(every_count, used).tolist() == [0, 1, 2, 4, 7, 14, 15]
+
+    codec = NeuralCodec.load(_saved(tmp_path, vocos_dir, encodec_dir), bucket_frames=8)
+    codes = np.zeros((1, 3, 10), np.int32)
+    with pytest.raises(ValueError, match="got 3"):
+        codec.decode(codes)
+
+
+def _saved(tmp_path, vocos_dir, encodec_dir):
+    from nclm.codec.convert_vocos import convert_vocos
+
+    convert_vocos(vocos_dir, encodec_dir, tmp_path / "codec")
+    return tmp_path / "codec"
+
+
+def test_conversion_errors(published, tmp_path):
+    encodec_dir, vocos_dir, state = published[3:]
+    config = _vocos_config()
+
+    other = {**state, "feature_extractor.codebook_weights": state[
+        "feature_extractor.codebook_weights"] + 1e-3}  # fmt: skip
+    _write_vocos(tmp_path / "other_books", other, config)
+    with pytest.raises(ConversionError, match="trained on another EnCodec's codes"):
+        convert_vocos_dir(tmp_path / "other_books", encodec_dir)
+
+    missing = {k: v for k, v in state.items() if k != "backbone.convnext.3.pwconv1.bias"}
+    _write_vocos(tmp_path / "missing", missing, config)
+    with pytest.raises(ConversionError, match="backbone.convnext.3.pwconv1.bias"):
+        convert_vocos_dir(tmp_path / "missing", encodec_dir)
+
+    mel = {**config, "feature_extractor": {
+        "class_path": "vocos.feature_extractors.MelSpectrogramFeatures"}}  # fmt: skip
+    _write_vocos(tmp_path / "mel", state, mel)
+    with pytest.raises(ConversionError, match="vocoder: it has no codes"):
+        convert_vocos_dir(tmp_path / "mel", encodec_dir)
+
+    hop = {**config, "head": {**config["head"], "init_args": {
+        **config["head"]["init_args"], "hop_length": 256}}}  # fmt: skip
+    _write_vocos(tmp_path / "hop", state, hop)
+    with pytest.raises(
+        ConversionError, match="head.hop_length is 256; the EnCodec given needs 320"
+    ):
+        convert_vocos_dir(tmp_path / "hop", encodec_dir)
+
+    with pytest.raises(SystemExit) as e:  # the CLI names the missing option
+        nclm_main(["codec", "convert", "--from", "vocos", str(vocos_dir), "--out",
+                   str(tmp_path / "x")])  # fmt: skip
+    assert e.value.code == 2
