@@ -106,6 +106,13 @@ def read_codec_meta(path: str | os.PathLike) -> dict:
     return read_meta(path, "codec.json", FORMAT, "codec checkpoint")
 
 
+def reads_codes_of(meta: dict, codec_id: str) -> bool:
+    """Whether the codec of `meta` (its codec.json) decodes codes that codec `codec_id` wrote:
+    itself, or the codec whose encoder and codebooks it shares under another decoder (`codes_of`:
+    Vocos on EnCodec, `nclm codec convert --from vocos`)."""
+    return codec_id in (meta["codec_id"], meta.get("codes_of"))
+
+
 def load_codec(path: str | os.PathLike) -> tuple[CodecConfig, dict, str]:
     """Returns (config, variables as numpy arrays, codec id)."""
     path = as_path(path)

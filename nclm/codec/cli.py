@@ -124,7 +124,7 @@ def _codec_info(args: argparse.Namespace) -> None:
     from nclm.codec.checkpoint import load_codec
     from nclm.codec.model import num_params
 
-    _, cfg = _read_codec(args.codec)
+    meta, cfg = _read_codec(args.codec)
     _, variables, cid = load_codec(args.codec)
     facts = {
         "name": cfg.name,
@@ -137,6 +137,8 @@ def _codec_info(args: argparse.Namespace) -> None:
         "bitrate_kbps": cfg.bitrate() / 1000,
         "num_params": num_params(variables),
     }
+    if meta.get("codes_of"):  # another decoder on that codec's encoder and codebooks
+        facts["codes_of"] = meta["codes_of"]
     if args.json:
         print(json.dumps(facts, indent=2))
         return
@@ -151,6 +153,8 @@ def _codec_info(args: argparse.Namespace) -> None:
         ("bitrate", f"{facts['bitrate_kbps']:g} kbps ({cfg.num_codebooks} levels)"),
         ("parameters", f"{facts['num_params']:,}"),
     ]
+    if "codes_of" in facts:
+        rows.append(("reads codes of", facts["codes_of"]))
     for key, value in rows:
         print(f"{key:<15} {value}")
 
@@ -232,12 +236,13 @@ def _encode_jobs(
 
 def _codec_decode(args: argparse.Namespace) -> None:
     from nclm.audio.io import output_format, save_audio
+    from nclm.codec.checkpoint import reads_codes_of
 
     meta, cfg = _read_codec(args.codec)
     src, dst = Path(args.input), Path(args.output)
     output_format(dst)
     codes, num_samples, file_id = _read_codes(src)
-    if file_id != meta["codec_id"]:
+    if not reads_codes_of(meta, file_id):
         raise ValueError(
             f"{src}: codes were written by codec {file_id}, "
             f"but --codec {args.codec} is {meta['codec_id']}"

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 
 from nclm.audio.stft import hann_window
-from nclm.codec.checkpoint import save_codec
+from nclm.codec.checkpoint import codec_id, save_codec
 from nclm.codec.config import CodecConfig, SEANetConfig, VocosConfig
 from nclm.codec.convert import (
     ConversionError,
@@ -169,7 +169,12 @@ def convert_vocos_dir(
 ) -> tuple[CodecConfig, dict]:
     """A Vocos-EnCodec directory and a transformers EnCodec directory -> (CodecConfig, variables)
     of one codec: EnCodec's encoder and quantizer, Vocos's decoder."""
-    vocos_dir, encodec_dir = Path(vocos_dir), Path(encodec_dir)
+    cfg, variables, _ = _convert(Path(vocos_dir), Path(encodec_dir))
+    return cfg, variables
+
+
+def _convert(vocos_dir: Path, encodec_dir: Path) -> tuple[CodecConfig, dict, str]:
+    """(config, variables, the codec id of the EnCodec alone)."""
     parts = read_vocos_config(vocos_dir)
     encodec, encodec_vars = convert_transformers_dir(encodec_dir)
     if not isinstance(encodec.network, SEANetConfig) or encodec.quantizer.kind != "ema":
@@ -210,16 +215,20 @@ def convert_vocos_dir(
     variables = jax.tree_util.tree_map(np.asarray, variables)
     reference = jax.eval_shape(lambda: init_codec(cfg, jax.random.PRNGKey(0)))
     check_against(reference, variables, str(vocos_dir))
-    return cfg, variables
+    return cfg, variables, codec_id(encodec, encodec_vars)
 
 
 def convert_vocos(
     vocos_dir: str | os.PathLike, encodec_dir: str | os.PathLike, out_dir: str | os.PathLike
 ) -> str:
-    """Converts and saves; returns the new codec id."""
-    cfg, variables = convert_vocos_dir(vocos_dir, encodec_dir)
+    """Converts and saves; returns the new codec id. The checkpoint records as `codes_of` the id
+    `nclm codec convert --from transformers` gives the EnCodec: the codes are that codec's (same
+    encoder and codebooks), so its codes files and the LMs trained on its tokens decode here."""
+    cfg, variables, codes_of = _convert(Path(vocos_dir), Path(encodec_dir))
     sources = {
         "vocos": str(Path(vocos_dir).absolute()),
         "encodec": str(Path(encodec_dir).absolute()),
     }
-    return save_codec(out_dir, cfg, variables, extra={"converted_from": sources})
+    return save_codec(
+        out_dir, cfg, variables, extra={"converted_from": sources, "codes_of": codes_of}
+    )

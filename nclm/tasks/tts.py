@@ -134,7 +134,7 @@ class Synthesizer:
     ):
         """Reads lm.json and codec.json only and checks that they belong together. `devices`:
         how many local devices a batch may spread over (None: all; nclm/tasks/data_parallel.py)."""
-        from nclm.codec.checkpoint import read_codec_meta
+        from nclm.codec.checkpoint import read_codec_meta, reads_codes_of
         from nclm.codec.config import CodecConfig
         from nclm.lm.checkpoint import read_lm_meta
         from nclm.tasks.data_parallel import check_devices
@@ -156,7 +156,7 @@ class Synthesizer:
             self.codec_id = codec_meta["codec_id"]
         except (KeyError, TypeError) as e:
             raise ValueError(f"{where} or {self.codec_dir}/codec.json: missing {e}") from None
-        if trained.get("codec_id") != self.codec_id:
+        if not reads_codes_of(codec_meta, trained.get("codec_id")):
             raise ValueError(
                 f"--codec {self.codec_dir} is codec {self.codec_id}, but --lm {self.lm_dir} was "
                 f"trained on codes of codec {trained.get('codec_id')}"

@@ -6,12 +6,14 @@ alone and batched with padding, as `nclm codec decode` and token pipelines call 
 import dataclasses
 import importlib
 import importlib.util
+import json
 import sys
 import types
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import soundfile as sf
 
 from nclm.cli import main as nclm_main
 from nclm.codec.config import VocosConfig
@@ -137,6 +139,11 @@ def test_vocos_user_path_parity(published, tmp_path):
                "--out", str(out)])  # fmt: skip
     codec = NeuralCodec.load(out, bucket_frames=8)
     assert codec.codec_id.startswith("encodec_24khz_vocos-")
+    # it reads the codes of the EnCodec converted alone (codes files, LMs trained on its tokens)
+    nclm_main(["codec", "convert", "--from", "transformers", str(encodec_dir),
+               "--out", str(tmp_path / "encodec")])  # fmt: skip
+    encodec_id = json.loads((tmp_path / "encodec" / "codec.json").read_text())["codec_id"]
+    assert json.loads((out / "codec.json").read_text())["codes_of"] == encodec_id
     assert codec.num_codebooks == 16 and codec.bitrate() == 12000
     hop = codec.hop_length
     lengths = [5 * hop + 77, 8 * hop, 3 * 8 * hop + 123]  # shorter than, one, over a bucket
@@ -168,6 +175,17 @@ def test_vocos_user_path_parity(published, tmp_path):
         ref_wav = _reference_decode(published, c[None], LEVELS.index(8))[0]
         assert samples[i] == len(ref_wav)
         np.testing.assert_allclose(wav[i, : len(ref_wav)], ref_wav, atol=1e-6, rtol=0)
+
+    # `nclm codec decode` of the EnCodec's codes file (6 kbps) with the Vocos codec
+    sf.write(tmp_path / "clip.wav", clips[0], 24000, subtype="FLOAT")
+    nclm_main(["codec", "encode", "--codec", str(tmp_path / "encodec"), str(tmp_path / "clip.wav"),
+               str(tmp_path / "codes.npz"), "--levels", "8"])  # fmt: skip
+    nclm_main(["codec", "decode", "--codec", str(out), str(tmp_path / "codes.npz"),
+               str(tmp_path / "vocos.wav")])  # fmt: skip
+    decoded, rate = sf.read(tmp_path / "vocos.wav", dtype="float32")
+    ref_wav = _reference_decode(published, codes[0][None], LEVELS.index(8))[0]
+    assert rate == 24000 and len(decoded) == len(clips[0])
+    np.testing.assert_allclose(decoded, ref_wav[: len(decoded)], atol=1 / 32768 + 1e-6, rtol=0)
 
 
 def test_unlisted_level_counts(published, tmp_path):

@@ -75,6 +75,22 @@ def test_plan_layout_and_limits(setup):
     assert [s.max_new for s in masked.segments] == [160 - 50] * 2  # capped like AR's max_new
 
 
+def test_a_codec_reading_the_trained_codes_is_accepted(setup, tmp_path):
+    """A codec whose codec.json says it reads the codes of the LM's codec (`codes_of`: Vocos on
+    EnCodec's encoder and codebooks) loads for that LM; another codec is refused by name."""
+    meta = json.loads((setup / "codec" / "codec.json").read_text())
+    for name, codes_of in (("reads", meta["codec_id"]), ("other", "tiny_x-000000000000")):
+        codec = tmp_path / name
+        shutil.copytree(setup / "codec", codec)
+        edited = {**meta, "codec_id": "tiny_dac_vocos-111111111111", "codes_of": codes_of}
+        (codec / "codec.json").write_text(json.dumps(edited))
+        if name == "reads":
+            assert Synthesizer(setup / "lm", codec).codec_id == "tiny_dac_vocos-111111111111"
+        else:
+            with pytest.raises(ValueError, match=f"trained on codes of codec {meta['codec_id']}"):
+                Synthesizer(setup / "lm", codec)
+
+
 @pytest.mark.parametrize("mode", ["ar", "masked", "ar+masked"])
 def test_tts_writes_speech_deterministically(setup, capsys, mode):
     outs = [setup / f"out_{mode}_{name}.wav" for name in ("a", "b", "c")]
