@@ -61,6 +61,9 @@ def codec_experiment(
     cfg.codec = codec.to_dict()
     cfg.discriminator = dataclasses.asdict(disc)
     cfg.seed = 0
+    # a codec checkpoint to fine-tune (`nclm codec convert` or a run's WORKDIR/codec), with the
+    # same codec config; its codebooks are kept (no k-means) and the discriminators start fresh
+    cfg.init_from = ""
     cfg.data = dict(
         train="",
         valid="",

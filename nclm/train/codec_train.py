@@ -128,7 +128,8 @@ def train_codec(
 
     def init():
         state = trainer.init(jax.random.PRNGKey(cfg.seed))
-        if codec_cfg.quantizer.kind == "ema" and cfg.train.kmeans_init:
+        fine_tuning = bool(cfg.get("init_from"))  # the checkpoint's codebooks are kept
+        if codec_cfg.quantizer.kind == "ema" and cfg.train.kmeans_init and not fine_tuning:
             first = next(iterator(cfg.seed + 1))
             wav = global_batch_array(np.asarray(first["wav"], np.float32), mesh, rules)
             state = _kmeans_init(
@@ -231,18 +232,23 @@ def build_codec_trainer(
     tx_d = make_optimizer(o.disc_lr, o.b1, o.b2, o.weight_decay, o.decay_rate, o.clip_norm)
     losses_cfg = cfg.losses.to_dict()
     dummy = jnp.zeros((1, segment), jnp.float32)
+    start = init_from(cfg.get("init_from", ""), codec_cfg)
 
-    def init_state(key):
+    def init_state(key, start):
         k_codec, k_books, k_disc = jax.random.split(key, 3)
         variables = codec.init({"params": k_codec, "codebooks": k_books}, dummy)
+        if start is not None:  # fine-tuning: the checkpoint's codec, fresh discriminators
+            variables = with_values(variables, start)
         disc_params = disc.init(k_disc, dummy)["params"]
         return init_train_state(variables, disc_params, tx_g, tx_d, losses_cfg)
 
-    boxed = jax.eval_shape(init_state, jax.random.PRNGKey(0))
+    boxed = jax.eval_shape(init_state, jax.random.PRNGKey(0), start)
     abstract = nn.meta.unbox(boxed)
     state_sh = tree_shardings(nn.get_partition_spec(boxed), abstract, mesh, rules)
     batch_sh = {k: batch_sharding(mesh, 2, rules) for k in ("wav", "mask")}
-    init = jax.jit(lambda k: nn.meta.unbox(init_state(k)), out_shardings=state_sh)
+    # the checkpoint's weights enter as an argument: as a closure they would be program constants
+    init_jit = jax.jit(lambda k, s: nn.meta.unbox(init_state(k, s)), out_shardings=state_sh)
+    init = lambda key: init_jit(key, start)
     step = jax.jit(
         with_activation_sharding(
             make_codec_train_step(codec_cfg, disc_cfg, losses_cfg, tx_g, tx_d, dtype), mesh, rules
@@ -260,6 +266,50 @@ def build_codec_trainer(
         state_sh,
         abstract,
     )
+
+
+QUANTIZER_TRAINING = ("decay", "epsilon", "dead_code_threshold", "kmeans_iters", "dropout")
+
+
+def init_from(path: str, codec_cfg) -> dict | None:
+    """The variables of the codec checkpoint at `--config.init_from` (None when unset): a
+    converted published codec (`nclm codec convert`) or an exported run (WORKDIR/codec). Its
+    model must be the experiment's: the configs may differ only in the name and the quantizer's
+    training settings (EMA decay, dead-code threshold, dropout...), which the run's config sets."""
+    if not path:
+        return None
+    from nclm.codec.checkpoint import load_codec
+
+    try:
+        their_cfg, variables, _ = load_codec(path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--config.init_from={path}: {e}") from None
+
+    def model(cfg) -> dict:
+        fields = {k: v for k, v in cfg.to_dict().items() if k != "name"}
+        quantizer = {k: v for k, v in fields["quantizer"].items() if k not in QUANTIZER_TRAINING}
+        return {**fields, "quantizer": quantizer}
+
+    theirs, ours = model(their_cfg), model(codec_cfg)
+    diff = sorted(k for k in theirs if theirs[k] != ours.get(k))
+    if diff:
+        raise ConfigError(
+            f"--config.init_from={path}: its codec config differs from --config.codec in {diff}"
+        )
+    return variables
+
+
+def with_values(boxed: Any, values: Any) -> Any:
+    """`boxed` (init's variables, partitioning metadata on the leaves) holding `values` instead,
+    cast to each leaf's dtype."""
+    is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
+
+    def put(fresh, value):
+        target = fresh.unbox() if is_box(fresh) else fresh
+        value = jnp.asarray(value, target.dtype)
+        return fresh.replace_boxed(value) if is_box(fresh) else value
+
+    return jax.tree.map(put, boxed, values, is_leaf=is_box)
 
 
 def _kmeans_init(

@@ -1,6 +1,7 @@
 """Codec training: sharded == single device, resumed == uninterrupted, it learns, and a crash in
 the middle of a checkpoint write leaves the previous checkpoint usable."""
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -17,10 +18,11 @@ import soundfile as sf
 from nclm.codec import config as C
 from nclm.codec.experiment import codec_experiment
 from nclm.codec.interface import NeuralCodec
+from nclm.codec.model import init_codec
 from nclm.config import ConfigError
 from nclm.sharding import make_mesh
 from nclm.train.checkpoint import RunCheckpointer
-from nclm.train.codec_train import build_codec_trainer, train_codec
+from nclm.train.codec_train import build_codec_trainer, init_from, train_codec
 from nclm.train.metrics import read_metrics
 
 SR = 16000
@@ -194,6 +196,47 @@ def test_resume_equals_uninterrupted(manifest, tmp_path):
     a = NeuralCodec.load(tmp_path / "straight" / "codec")
     b = NeuralCodec.load(tmp_path / "resumed" / "codec")
     jax.tree_util.tree_map(np.testing.assert_array_equal, a.variables, b.variables)
+
+
+@pytest.mark.heavy
+def test_fine_tuning_starts_from_the_checkpoint(manifest, tmp_path):
+    """--config.init_from: the run starts from a saved codec (its weights and EMA codebooks, no
+    k-means) with fresh discriminators. The resume test's config (so its programs are cached);
+    after one Adam step of lr 3e-4 every weight is within 2 lr of the checkpoint's, where a fresh
+    init is ~0.1 away, and the codebooks moved by one EMA update only."""
+    cfg = _tiny_cfg("seanet", manifest, steps=1, log_every=1, eval_every=3, checkpoint_every=2)
+    cfg.data.batch_size = 8
+    variables = init_codec(C.tiny("seanet"), jax.random.PRNGKey(7))  # a seed the run does not use
+    books = variables["codebooks"]["quantizer"]
+    # a trained codebook's statistics (as conversion writes them): every code counted 50 times, so
+    # none is dead and restarted; a fresh init counts each once
+    books["cluster_size"] = np.full_like(books["cluster_size"], 50.0)
+    books["embed_sum"] = books["embed"] * 50.0
+    start = NeuralCodec(C.tiny("seanet"), variables)
+    start.save(tmp_path / "start")
+    cfg.init_from = str(tmp_path / "start")
+    train_codec(cfg, tmp_path / "tuned", progress=False)
+    tuned = NeuralCodec.load(tmp_path / "tuned" / "codec").variables
+    lr = cfg.optim.lr
+    for path, a, b in zip(
+        *zip(*jax.tree_util.tree_leaves_with_path(tuned["params"])),
+        jax.tree_util.tree_leaves(start.variables["params"]),
+    ):
+        assert np.abs(np.asarray(a) - np.asarray(b)).max() <= 2 * lr, jax.tree_util.keystr(path)
+    books, books0 = tuned["codebooks"]["quantizer"]["embed"], start.variables["codebooks"][
+        "quantizer"]["embed"]  # fmt: skip
+    scale = np.abs(books0).max()
+    assert np.abs(books - books0).max() <= 0.05 * scale  # k-means would replace them
+
+    # the quantizer's training settings may differ (the run's config sets them), the model not
+    tiny = C.tiny("seanet")
+    retrained = dataclasses.replace(tiny.quantizer, decay=0.9, dropout=0.5)
+    assert init_from(str(tmp_path / "start"), dataclasses.replace(tiny, quantizer=retrained))
+    other = tmp_path / "other"
+    NeuralCodec(C.tiny("dac"), init_codec(C.tiny("dac"), jax.random.PRNGKey(0))).save(other)
+    cfg.init_from = str(other)
+    with pytest.raises(ConfigError, match=r"init_from=.*other: its codec config differs .*network"):
+        train_codec(cfg, tmp_path / "mismatch", progress=False)
 
 
 @pytest.mark.heavy
