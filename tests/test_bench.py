@@ -40,14 +40,27 @@ def test_bench_codec_tiny(tmp_path, capsys):
     assert "nclm/torch" in printed and result["command"] in printed
 
 
-def test_bench_codec_without_reference(monkeypatch, capsys):
-    """Missing torch/transformers: nclm alone, and one line saying so."""
+@pytest.mark.needs("torch", "transformers", "vocos")
+def test_bench_codec_vocos_against_the_published_vocos(capsys):
+    """EnCodec encoding, Vocos-EnCodec decoding: the torch side is the vocos package's decoder on
+    transformers EnCodec's latent, the nclm side its conversion; both run and agree on codes."""
+    args = _args("--model encodec_24khz_vocos --seconds 0.5 --batch 2 --repeats 1")
+    result = bench_codec.run(args)
+    assert result["reference"] == "transformers + vocos"
+    assert all(r["nclm_xrt"] > 0 and r["torch_xrt"] > 0 for r in result["results"])
+    assert all(a == 1.0 for a in result["codes_agree"].values())
+    assert (result["config"]["num_codebooks"], result["config"]["kbps"]) == (16, 6.0)
+
+
+@pytest.mark.parametrize("model", ["encodec_24khz", "encodec_24khz_vocos"])
+def test_bench_codec_without_reference(monkeypatch, capsys, model):
+    """Missing torch/transformers (or vocos): nclm alone, and one line saying so."""
     monkeypatch.setattr(
         bench_codec,
         "_import_reference",
-        lambda: (None, "reference unavailable (test); timing nclm only."),
+        lambda family: (None, "reference unavailable (test); timing nclm only."),
     )
-    result = bench_codec.run(_args("--model encodec_24khz --seconds 0.2 --batch 1 --repeats 1"))
+    result = bench_codec.run(_args(f"--model {model} --seconds 0.2 --batch 1 --repeats 1"))
     assert [r["torch_xrt"] for r in result["results"]] == [None, None]
     assert all(r["nclm_xrt"] > 0 for r in result["results"])
     assert capsys.readouterr().out.count("reference unavailable") == 1

@@ -16,6 +16,9 @@ x real time: seconds of audio processed per wall-clock second.
 
 The two are interleaved (nclm, torch, nclm, torch, ... `--repeats` times per setting) because a
 shared machine drifts; each figure is the median, and the ratio is nclm / torch of the medians.
+`encodec_24khz_vocos` encodes with that EnCodec and decodes with Vocos-EnCodec at its published
+sizes (the torch side: the `vocos` package's backbone and iSTFT head on transformers' quantized
+latent, nclm/bench/vocos_reference.py), converted as `nclm codec convert --from vocos` does.
 EnCodec (24 kHz, 32 levels) runs at 6 kbps: encode with bandwidth 6.0, decode 8 levels. DAC
 (16 kHz, hop 512) uses all 9 levels. Without torch/transformers only nclm is timed, on random
 weights of the same config.
@@ -24,6 +27,7 @@ weights of the same config.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import platform
@@ -49,7 +53,12 @@ class BenchModel:
     bandwidth: float | None  # EnCodec's `bandwidth` (kbps) that selects `levels`
 
 
-MODELS = {"encodec_24khz": BenchModel("encodec", 8, 6.0), "dac_16khz": BenchModel("dac", 9, None)}
+MODELS = {
+    "encodec_24khz": BenchModel("encodec", 8, 6.0),
+    "dac_16khz": BenchModel("dac", 9, None),
+    # EnCodec's encoder, Vocos-EnCodec's decoder (nclm codec convert --from vocos)
+    "encodec_24khz_vocos": BenchModel("vocos", 8, 6.0),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         choices=sorted(MODELS),
         default="encodec_24khz",
-        help="transformers default config: EncodecConfig() or DacConfig()",
+        help="transformers default config: EncodecConfig() or DacConfig(); encodec_24khz_vocos: "
+        "EncodecConfig() encoding, the published Vocos-EnCodec sizes decoding (reference: the "
+        "vocos package)",
     )
     parser.add_argument("--seconds", type=float, default=5.0, help="clip length (s)")
     parser.add_argument("--batch", type=int, default=16, help="batched size (batch 1 always runs)")
@@ -79,13 +90,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # -- the two implementations --------------------------------------------------------------------
 
 
-def _import_reference():
+def _import_reference(family: str):
     """(torch, transformers), or the one-line reason they cannot be used."""
     try:
         import torch
         import transformers
     except ImportError as e:
         return None, f"reference unavailable ({e}); install nclm[parity]. Timing nclm only."
+    from nclm.bench.vocos_reference import vocos_available
+
+    if family == "vocos" and not vocos_available():
+        return None, (
+            'reference unavailable (no vocos): pip install --no-deps "vocos==0.1.0". '
+            "Timing nclm only."
+        )
     return (torch, transformers), ""
 
 
@@ -94,7 +112,7 @@ def _randomise_encodec_codebooks(torch, model) -> None:
     encoder frames of a test signal, deeper levels noise at the residual's scale (as the parity
     tests do), so the nearest-code search does real work."""
     with torch.inference_mode():
-        latents = model.encoder(torch.from_numpy(_signal(2, 8000, seed=99))[:, None])
+        latents = model.encoder(torch.from_numpy(speech_like(2, 8000, seed=99))[:, None])
         frames = latents.permute(0, 2, 1).reshape(-1, latents.shape[1])
         spread = float(frames.std(dim=0).mean())
         for q, layer in enumerate(model.quantizer.layers):
@@ -112,11 +130,17 @@ def _reference_model(ref, family: str) -> tuple[Any, CodecConfig, dict]:
     torch, transformers = ref
     transformers.utils.logging.disable_progress_bar()  # save_pretrained's bar would break the table
     torch.manual_seed(0)
-    if family == "encodec":
+    if family in ("encodec", "vocos"):
         model = transformers.EncodecModel(transformers.EncodecConfig()).eval()
         _randomise_encodec_codebooks(torch, model)
     else:
         model = transformers.DacModel(transformers.DacConfig()).eval()
+    if family == "vocos":  # the torch side: EnCodec encoding, the published Vocos decoding
+        from nclm.bench import vocos_reference
+
+        backbone, head = vocos_reference.random_vocos(torch)
+        cfg, variables = vocos_reference.converted(model, backbone, head)
+        return (model, backbone, head), cfg, variables
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         cfg, variables = convert_transformers_dir(tmp)
@@ -127,11 +151,20 @@ def _nclm_only_model(name: str) -> tuple[CodecConfig, dict]:
     """The same configs as transformers' defaults, random nclm weights."""
     import jax
 
-    from nclm.codec.config import CodecConfig, DACNetConfig, QuantizerConfig, encodec_24khz
+    from nclm.codec.config import (
+        CodecConfig,
+        DACNetConfig,
+        QuantizerConfig,
+        VocosConfig,
+        encodec_24khz,
+    )
     from nclm.codec.model import init_codec
 
     if MODELS[name].family == "encodec":
         cfg = encodec_24khz(32)
+    elif MODELS[name].family == "vocos":  # as `nclm codec convert --from vocos` makes it
+        vocos = VocosConfig(384, 1152, 8, n_fft=1280, condition_levels=(2, 4, 8, 16))
+        cfg = dataclasses.replace(encodec_24khz(16), name=name, decoder="vocos", vocos=vocos)
     else:
         cfg = CodecConfig(name, 16000, DACNetConfig(), QuantizerConfig("factorized", 9, 1024, 8))
     return cfg, init_codec(cfg, jax.random.PRNGKey(0))
@@ -171,7 +204,14 @@ def _torch_ops(torch, model, bench: BenchModel) -> dict[str, Callable]:
 
         return call
 
-    if bench.family == "encodec":
+    if bench.family == "vocos":
+        from nclm.bench.vocos_reference import BANDWIDTHS, reference_decode
+
+        model, backbone, head = model
+        row = BANDWIDTHS.index(bench.bandwidth)
+        encode = lambda x: model.encode(x, bandwidth=bench.bandwidth).audio_codes  # [1, B, Q, T]
+        decode = lambda c: reference_decode(torch, model, backbone, head, c, row)  # c: [B, Q, T]
+    elif bench.family == "encodec":
         encode = lambda x: model.encode(x, bandwidth=bench.bandwidth).audio_codes  # [1, B, Q, T]
         decode = lambda c: model.decode(c, [None]).audio_values
     else:
@@ -183,7 +223,7 @@ def _torch_ops(torch, model, bench: BenchModel) -> dict[str, Callable]:
 # -- measuring ------------------------------------------------------------------------------------
 
 
-def _signal(batch: int, samples: int, seed: int = 0) -> np.ndarray:
+def speech_like(batch: int, samples: int, seed: int = 0) -> np.ndarray:
     """Speech-like input: harmonics with vibrato plus a little noise, float32[B, S]."""
     rng = np.random.default_rng(seed)
     t = np.arange(samples) / 16000
@@ -229,7 +269,7 @@ def _setting_inputs(torch, x: np.ndarray, ops: dict, family: str):
     if "torch" in ops:
         inputs["encode"]["torch"] = torch.from_numpy(x)[:, None]
         ref_codes = ops["torch"]["encode"](inputs["encode"]["torch"]).numpy()
-        ref_codes = ref_codes[0] if family == "encodec" else ref_codes
+        ref_codes = ref_codes[0] if family in ("encodec", "vocos") else ref_codes
         agree = float(np.mean(ref_codes == codes)) if ref_codes.shape == codes.shape else 0.0
         c = torch.from_numpy(np.array(codes)).long()
         inputs["decode"]["torch"] = c[None] if family == "encodec" else c
@@ -364,7 +404,7 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError(
             "bench codec: --seconds must be > 0; --batch, --repeats, --torch-threads >= 1"
         )
-    ref, unavailable = _import_reference()
+    ref, unavailable = _import_reference(bench.family)
     if ref:
         if args.torch_threads:
             ref[0].set_num_threads(args.torch_threads)
@@ -384,7 +424,11 @@ def run(args: argparse.Namespace) -> dict:
         "seconds": args.seconds,
         "batches": batches,
         "repeats": args.repeats,
-        "reference": "transformers" if ref else unavailable,
+        "reference": (
+            ("transformers + vocos" if bench.family == "vocos" else "transformers")
+            if ref
+            else unavailable
+        ),
         "config": {
             "sample_rate": cfg.sample_rate,
             "hop_length": cfg.hop_length,
@@ -399,7 +443,7 @@ def run(args: argparse.Namespace) -> dict:
     }
     print(_header(result), flush=True)
     for batch in batches:
-        x = _signal(batch, samples, seed=batch)
+        x = speech_like(batch, samples, seed=batch)
         inputs, agree = _setting_inputs(ref and ref[0], x, ops, bench.family)
         result["codes_agree"][str(batch)] = agree
         frames = inputs["decode"]["nclm"].shape[-1]

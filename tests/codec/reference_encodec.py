@@ -1,22 +1,11 @@
 """The transformers EnCodec reference of the parity tests (tests/codec/test_convert*.py): the
 default 24 kHz config with random weights and codebooks that make codes well decided, and a
-speech-like test signal."""
+speech-like test signal (the codec bench's)."""
 
-import numpy as np
-
+from nclm.bench.codec import speech_like  # noqa: F401 (the parity tests' input, as the bench's)
 from tests.conftest import optional
 
 torch, transformers = optional("torch"), optional("transformers")
-
-
-def speech_like(batch: int, length: int, seed: int) -> np.ndarray:
-    """Speech-like test input: a few harmonics with vibrato plus a little noise."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(length) / 16000
-    f0 = 120 + 30 * rng.random((batch, 1))
-    phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.05 * np.sin(2 * np.pi * 3 * t)), axis=1) / 16000
-    x = sum(np.sin(k * phase) / k for k in range(1, 6)) * 0.2
-    return (x + 0.01 * rng.standard_normal((batch, length))).astype(np.float32)
 
 
 def random_encodec():

@@ -4,17 +4,21 @@ the published vocos-encodec-24khz sizes) decoding transformers EnCodec's codes, 
 alone and batched with padding, as `nclm codec decode` and token pipelines call it."""
 
 import dataclasses
-import importlib
-import importlib.util
 import json
-import sys
-import types
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import soundfile as sf
 
+from nclm.bench.vocos_reference import (
+    BANDWIDTHS,
+    config_yaml,
+    random_vocos,
+    reference_decode,
+    vocos_state,
+    write_vocos_dir,
+)
 from nclm.cli import main as nclm_main
 from nclm.codec.config import VocosConfig
 from nclm.codec.convert import ConversionError
@@ -25,67 +29,9 @@ from tests.codec.reference_encodec import random_encodec, speech_like
 from tests.conftest import optional
 
 pytestmark = pytest.mark.needs("torch", "transformers", "vocos")
-torch, yaml = optional("torch"), optional("yaml")
+torch = optional("torch")
 
-BANDWIDTHS = [1.5, 3.0, 6.0, 12.0]  # kbps: 2, 4, 8 and 16 levels at 75 Hz, 10 bits a code
-LEVELS = [2, 4, 8, 16]
-
-
-def _published_vocos_classes():
-    """(VocosBackbone, ISTFTHead) as the package defines them. Its __init__ imports the feature
-    extractors, which need torchaudio and encodec (wheels built for another torch); the backbone
-    and head need neither. So the package is entered without its __init__, and heads.py's one
-    torchaudio import (the mel-scale helpers of a head not used here) is served by a module whose
-    helpers raise if called."""
-    spec = importlib.util.find_spec("vocos")
-    package = types.ModuleType("vocos")
-    package.__path__ = list(spec.submodule_search_locations)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(sys.modules, "vocos", package)
-        if importlib.util.find_spec("torchaudio") is None:
-
-            def unused(*args, **kwargs):
-                raise NotImplementedError("torchaudio's mel scale is not used by ISTFTHead")
-
-            helpers = types.ModuleType("torchaudio.functional.functional")
-            helpers._hz_to_mel = helpers._mel_to_hz = unused
-            for name in ("torchaudio", "torchaudio.functional"):
-                mp.setitem(sys.modules, name, types.ModuleType(name))
-            mp.setitem(sys.modules, "torchaudio.functional.functional", helpers)
-        for sub in ("modules", "models", "spectral_ops", "heads"):
-            mp.delitem(sys.modules, f"vocos.{sub}", raising=False)
-        models, heads = (
-            importlib.import_module("vocos.models"),
-            importlib.import_module("vocos.heads"),
-        )
-        return models.VocosBackbone, heads.ISTFTHead
-
-
-def _vocos_config() -> dict:
-    part = lambda path, **args: {"class_path": path, "init_args": args}
-    return {
-        "feature_extractor": part(
-            "vocos.feature_extractors.EncodecFeatures",
-            encodec_model="encodec_24khz",
-            bandwidths=BANDWIDTHS,
-            train_codebooks=False,
-        ),
-        "backbone": part(
-            "vocos.models.VocosBackbone",
-            input_channels=128,
-            dim=384,
-            intermediate_dim=1152,
-            num_layers=8,
-            adanorm_num_embeddings=4,
-        ),
-        "head": part("vocos.heads.ISTFTHead", dim=384, n_fft=1280, hop_length=320, padding="same"),
-    }
-
-
-def _write_vocos(path, state: dict, config: dict) -> None:
-    path.mkdir()
-    torch.save(state, path / "pytorch_model.bin")
-    (path / "config.yaml").write_text(yaml.safe_dump(config))
+LEVELS = [2, 4, 8, 16]  # of the published bandwidths (75 Hz, 10 bits a code)
 
 
 @pytest.fixture(scope="module")
@@ -95,38 +41,17 @@ def published(tmp_path_factory):
     encodec = random_encodec()
     encodec_dir = tmp_path_factory.mktemp("encodec_hf")
     encodec.save_pretrained(encodec_dir)
-    backbone_cls, head_cls = _published_vocos_classes()
-    config = _vocos_config()
-    torch.manual_seed(2)
-    backbone = backbone_cls(**config["backbone"]["init_args"]).eval()
-    head = head_cls(**config["head"]["init_args"]).eval()
-    with torch.no_grad():
-        # Vocos starts every AdaLN row at scale 1 and shift 0, and every bias at 0: give each its
-        # own values, so that a wrong row, or a bias left out, changes the audio
-        for name, p in [*backbone.named_parameters(), *head.named_parameters()]:
-            if name.endswith("scale.weight"):
-                p.copy_(1 + 0.3 * torch.randn_like(p))
-            elif name.endswith(("shift.weight", "bias")):
-                p.copy_(0.1 * torch.randn_like(p))
-            elif name.endswith("gamma"):
-                p.mul_(1 + torch.rand_like(p))
-    state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
-    state |= {f"head.{k}": v for k, v in head.state_dict().items()}
-    books = [encodec.quantizer.layers[q].codebook.embed for q in range(max(LEVELS))]
-    state["feature_extractor.codebook_weights"] = torch.cat(books).clone()
+    backbone, head = random_vocos(torch)
+    state = vocos_state(backbone, head, encodec)
     vocos_dir = tmp_path_factory.mktemp("vocos") / "vocos_encodec_24khz"
-    _write_vocos(vocos_dir, state, config)
+    write_vocos_dir(vocos_dir, state, config_yaml())
     return encodec, backbone, head, encodec_dir, vocos_dir, state
 
 
 def _reference_decode(published, codes: np.ndarray, bandwidth_id: int) -> np.ndarray:
-    """codes[B, Q, T] -> wav[B, T * 320]: EnCodec's quantized latent (sum of codebook vectors),
-    then Vocos's backbone at the bandwidth's AdaLN row and its iSTFT head."""
     encodec, backbone, head = published[:3]
-    with torch.no_grad():
-        latent = encodec.quantizer.decode(torch.from_numpy(codes).transpose(0, 1))
-        x = backbone(latent, bandwidth_id=torch.tensor([bandwidth_id]))
-        return head(x).numpy()
+    wav = reference_decode(torch, encodec, backbone, head, torch.from_numpy(codes), bandwidth_id)
+    return wav.numpy()
 
 
 def test_vocos_user_path_parity(published, tmp_path):
@@ -220,28 +145,28 @@ def _saved(tmp_path, vocos_dir, encodec_dir):
 
 def test_conversion_errors(published, tmp_path):
     encodec_dir, vocos_dir, state = published[3:]
-    config = _vocos_config()
+    config = config_yaml()
 
     other = {**state, "feature_extractor.codebook_weights": state[
         "feature_extractor.codebook_weights"] + 1e-3}  # fmt: skip
-    _write_vocos(tmp_path / "other_books", other, config)
+    write_vocos_dir(tmp_path / "other_books", other, config)
     with pytest.raises(ConversionError, match="trained on another EnCodec's codes"):
         convert_vocos_dir(tmp_path / "other_books", encodec_dir)
 
     missing = {k: v for k, v in state.items() if k != "backbone.convnext.3.pwconv1.bias"}
-    _write_vocos(tmp_path / "missing", missing, config)
+    write_vocos_dir(tmp_path / "missing", missing, config)
     with pytest.raises(ConversionError, match="backbone.convnext.3.pwconv1.bias"):
         convert_vocos_dir(tmp_path / "missing", encodec_dir)
 
     mel = {**config, "feature_extractor": {
         "class_path": "vocos.feature_extractors.MelSpectrogramFeatures"}}  # fmt: skip
-    _write_vocos(tmp_path / "mel", state, mel)
+    write_vocos_dir(tmp_path / "mel", state, mel)
     with pytest.raises(ConversionError, match="vocoder: it has no codes"):
         convert_vocos_dir(tmp_path / "mel", encodec_dir)
 
     hop = {**config, "head": {**config["head"], "init_args": {
         **config["head"]["init_args"], "hop_length": 256}}}  # fmt: skip
-    _write_vocos(tmp_path / "hop", state, hop)
+    write_vocos_dir(tmp_path / "hop", state, hop)
     with pytest.raises(
         ConversionError, match="head.hop_length is 256; the EnCodec given needs 320"
     ):
