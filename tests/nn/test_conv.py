@@ -73,7 +73,9 @@ CONV_CASES = [  # c_in, c_out, kernel, stride, dilation, groups, padding
     (3, 5, 7, 1, 1, 1, 3),
     (4, 6, 3, 1, 3, 1, 3),
     (4, 8, 8, 4, 1, 1, 2),
-    (6, 6, 7, 1, 1, 6, 3),  # depthwise
+    (6, 6, 7, 1, 1, 6, 3),  # depthwise (a sum of shifted copies, not a grouped conv)
+    (6, 6, 3, 1, 2, 6, 2),  # depthwise, dilated
+    (4, 8, 3, 1, 1, 4, 1),  # one group per input channel, two outputs each: a grouped conv
     (4, 6, 5, 2, 2, 2, 0),
 ]
 
