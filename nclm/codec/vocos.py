@@ -8,6 +8,8 @@ codes carry, so one decoder serves every bitrate (a row per count, or per count 
 
 from __future__ import annotations
 
+import numbers
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -66,7 +68,7 @@ def condition_row(cfg: VocosConfig, levels_used: jax.Array | int) -> jax.Array:
     listed = cfg.condition_levels
     if not listed:
         return jnp.asarray(levels_used, jnp.int32) - 1
-    if isinstance(levels_used, int) and levels_used not in listed:
+    if isinstance(levels_used, numbers.Integral) and levels_used not in listed:  # numpy ints too
         raise ValueError(
             f"this Vocos decoder decodes codes of {', '.join(map(str, listed))} levels "
             f"(vocos.condition_levels), got {levels_used}"

@@ -121,6 +121,8 @@ def test_unlisted_level_counts(published, tmp_path):
     assert cfg.vocos.condition_levels == (2, 4, 8, 16)
     with pytest.raises(ValueError, match=r"decodes codes of 2, 4, 8, 16 levels .* got 3"):
         condition_row(cfg.vocos, 3)
+    with pytest.raises(ValueError, match="got 5"):
+        condition_row(cfg.vocos, np.int64(5))
     used = jnp.array([1, 2, 3, 5, 8, 15, 16])
     assert condition_row(cfg.vocos, used).tolist() == [0, 0, 0, 1, 2, 2, 3]
     every_count = VocosConfig()  # no list: a row per count
