@@ -43,6 +43,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--codec", metavar="DIR", help="a saved codec (default: a random tiny DAC)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs (3)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument(
+        "--conv-kernel",
+        type=int,
+        default=0,
+        metavar="K",
+        help="a Conformer convolution with this depthwise kernel in every layer (SoundStorm: 5; "
+        "configs/lm/soundstorm.py); 0: none",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="OUT", help="also write the results to this JSON file")
 
@@ -53,7 +61,7 @@ def _command(args: argparse.Namespace) -> str:
         f"nclm bench masked --preset {args.preset} --levels {args.levels} --seconds "
         f"{args.seconds:g} --prompt-seconds {args.prompt_seconds:g} --iterations "
         f"{args.iterations} --guidance {args.guidance}{codec} --repeats {args.repeats} "
-        f"--dtype {args.dtype}"
+        f"--dtype {args.dtype}" + (f" --conv-kernel {args.conv_kernel}" if args.conv_kernel else "")
     )
 
 
@@ -172,7 +180,9 @@ def run(args: argparse.Namespace) -> dict:
     from nclm.lm.model import for_decoding, init_lm
 
     codec, codebook_size = _codec(args, PRESETS[args.preset]().codebook_size)
-    cfg = PRESETS[args.preset](num_codebooks=args.levels, codebook_size=codebook_size)
+    cfg = PRESETS[args.preset](
+        num_codebooks=args.levels, codebook_size=codebook_size, conv_kernel=args.conv_kernel
+    )
     params = nn.meta.unbox(init_lm(cfg, jax.random.PRNGKey(args.seed)))["params"]
     num_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
     cfg, params = for_decoding(cfg, params)  # once, as `nclm tts` loads it

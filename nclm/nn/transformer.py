@@ -25,6 +25,7 @@ from flax import traverse_util
 from nclm.nn import init as initializers
 from nclm.nn.attention import Attention, LayerCache
 from nclm.nn.attention_mask import MaskSpec
+from nclm.nn.conv import depthwise_conv
 from nclm.nn.norms import layer_norm
 from nclm.nn.projection import Projection, to_out_in
 from nclm.sharding import constrain
@@ -66,6 +67,28 @@ class StackConfig:
         return self.width // self.num_heads
 
 
+class DepthwiseConv(nn.Module):
+    """flax `nn.Conv(d, (kernel,), padding="SAME", feature_group_count=d)`: its parameters and its
+    output, computed as a sum of shifted copies (`conv.depthwise_conv`): XLA:CPU runs the grouped
+    conv one channel at a time, 33 ms against 0.6 ms for 1,024 channels over 750 frames."""
+
+    kernel: int
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        d, k = x.shape[-1], self.kernel
+        init = initializers.truncated_normal(k**-0.5)
+        kernel = self.param(
+            "kernel", nn.with_logical_partitioning(init, (None, None, "embed")), (k, 1, d)
+        )
+        bias = self.param("bias", _zeros("embed"), (d,))
+        left = (k - 1) // 2  # "SAME": the odd one out goes right
+        x = jnp.pad(x.astype(self.dtype), ((0, 0), (left, k - 1 - left), (0, 0)))
+        y = depthwise_conv(x, jnp.asarray(kernel).astype(self.dtype)) + jnp.asarray(bias)
+        return y.astype(self.dtype)
+
+
 class ConvModule(nn.Module):
     """Conformer convolution: pointwise (2D) -> GLU -> depthwise conv k -> LayerNorm -> swish ->
     pointwise (D), centered ("same") so it sees both sides: bidirectional stacks only. Only the
@@ -88,18 +111,7 @@ class ConvModule(nn.Module):
             name="pointwise_in",
         )(x)
         x = nn.glu(x, axis=-1) * valid[..., None].astype(x.dtype)  # the bias made padding nonzero
-        x = nn.Conv(
-            d,
-            (self.kernel,),
-            padding="SAME",
-            feature_group_count=d,
-            kernel_init=nn.with_logical_partitioning(
-                initializers.truncated_normal(self.kernel**-0.5), (None, None, "embed")
-            ),
-            bias_init=_zeros("embed"),
-            dtype=self.dtype,
-            name="depthwise",
-        )(x)
+        x = DepthwiseConv(self.kernel, self.dtype, name="depthwise")(x)
         norm = nn.LayerNorm(
             dtype=self.dtype,
             scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),

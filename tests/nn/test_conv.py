@@ -343,3 +343,25 @@ def test_convnext_block_conditioned_shapes():
     params = nn.meta.unbox(block.init(jax.random.key(0), x, cond))["params"]
     assert params["norm"]["scale"].shape == (3, 8)
     assert block.apply({"params": params}, x, cond).shape == x.shape
+
+
+@pytest.mark.parametrize("kernel", [5, 4])
+def test_conformer_depthwise_equals_flax_grouped_conv(kernel):
+    """The Conformer's depthwise conv (a sum of shifted copies) has flax nn.Conv's parameters and
+    gives its output, odd and even kernels ("SAME" padding), in float32 and bfloat16."""
+    from nclm.nn.transformer import DepthwiseConv
+
+    x = jnp.asarray(_randn(2, 19, 16, seed=3))
+    for dtype, tol in ((jnp.float32, 1e-6), (jnp.bfloat16, 1e-2)):  # bf16: ~1 ulp, relative
+        ours = DepthwiseConv(kernel, dtype)
+        ref = nn.Conv(16, (kernel,), padding="SAME", feature_group_count=16, dtype=dtype)
+        params = nn.meta.unbox(ours.init(jax.random.PRNGKey(0), x))
+        params["params"]["bias"] = jnp.asarray(_randn(16, seed=4))
+        assert jax.tree.map(jnp.shape, params) == jax.tree.map(
+            jnp.shape, ref.init(jax.random.PRNGKey(0), x)
+        )
+        y, expected = ours.apply(params, x), ref.apply(params, x)
+        assert y.dtype == expected.dtype == dtype
+        np.testing.assert_allclose(
+            np.asarray(y, np.float32), np.asarray(expected, np.float32), atol=tol, rtol=tol
+        )
