@@ -17,9 +17,10 @@ parameter tree, every task under the AR, NAR and masked objectives in the same s
 default: TTS stays in the mix, so fine-tuning does not forget it), the SNR range (U(-5, 20) dB,
 not UniAudio's [-20, 40]: the module docstring says why), the interfering speaker's level, the
 noise kinds (recorded ones with `nclm simulate --noise`) and the transcript rate of NS/SR/TSE
-(SpeechX's 0.5). Validation reports loss and accuracy per task (eval/<task>/ar|nar|masked/top1). The paper's two-stage schedule is not
-reproduced: its details are not verified in REFERENCE.md; init_from (with fresh task-token
-rows) and a short warmup stand in for it. `speechx.py:steps=N` sets the steps.
+(SpeechX's 0.5). Validation reports loss and accuracy per task
+(eval/<task>/ar|nar|masked/top1). The paper's two-stage schedule is not reproduced: its details
+are not verified in REFERENCE.md; init_from (with fresh task-token rows) and a short warmup
+stand in for it. `speechx.py:steps=N` sets the steps.
 `nclm simulate` draws examples that fit the largest buckets below (simulation.max_prefix and
 max_frames default to them; nclm.tasks.simulate says how), so training skips none.
 """
