@@ -27,7 +27,6 @@ weights of the same config.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import os
 import platform
@@ -97,13 +96,14 @@ def _import_reference(family: str):
         import transformers
     except ImportError as e:
         return None, f"reference unavailable ({e}); install nclm[parity]. Timing nclm only."
-    from nclm.bench.vocos_reference import vocos_available
+    if family == "vocos":
+        from nclm.bench.vocos_reference import vocos_available
 
-    if family == "vocos" and not vocos_available():
-        return None, (
-            'reference unavailable (no vocos): pip install --no-deps "vocos==0.1.0". '
-            "Timing nclm only."
-        )
+        if not vocos_available():
+            return None, (
+                'reference unavailable (no vocos): pip install --no-deps "vocos==0.1.0". '
+                "Timing nclm only."
+            )
     return (torch, transformers), ""
 
 
@@ -151,20 +151,17 @@ def _nclm_only_model(name: str) -> tuple[CodecConfig, dict]:
     """The same configs as transformers' defaults, random nclm weights."""
     import jax
 
-    from nclm.codec.config import (
-        CodecConfig,
-        DACNetConfig,
-        QuantizerConfig,
-        VocosConfig,
-        encodec_24khz,
-    )
+    from nclm.codec.config import CodecConfig, DACNetConfig, QuantizerConfig, encodec_24khz
     from nclm.codec.model import init_codec
 
     if MODELS[name].family == "encodec":
         cfg = encodec_24khz(32)
     elif MODELS[name].family == "vocos":  # as `nclm codec convert --from vocos` makes it
-        vocos = VocosConfig(384, 1152, 8, n_fft=1280, condition_levels=(2, 4, 8, 16))
-        cfg = dataclasses.replace(encodec_24khz(16), name=name, decoder="vocos", vocos=vocos)
+        from nclm.bench.vocos_reference import PUBLISHED
+        from nclm.codec.convert_vocos import vocos_codec_config
+
+        parts = {part: args for part, (_, args) in PUBLISHED.items()}
+        cfg = vocos_codec_config(parts, encodec_24khz(32), "vocos-encodec-24khz")
     else:
         cfg = CodecConfig(name, 16000, DACNetConfig(), QuantizerConfig("factorized", 9, 1024, 8))
     return cfg, init_codec(cfg, jax.random.PRNGKey(0))

@@ -164,6 +164,20 @@ def vocos_decoder_variables(src: SourceTensors, cfg: VocosConfig) -> dict:
     return params
 
 
+def vocos_codec_config(parts: dict[str, dict], encodec: CodecConfig, origin: str) -> CodecConfig:
+    """The codec of EnCodec `encodec` decoded by the Vocos of `parts` (config.yaml's init args):
+    the levels Vocos decodes, its decoder config."""
+    vocos = vocos_config(parts, encodec, origin)
+    levels = max(vocos_levels(parts, encodec))
+    return dataclasses.replace(
+        encodec,
+        name=f"{encodec.name}_vocos",
+        quantizer=dataclasses.replace(encodec.quantizer, num_codebooks=levels),
+        decoder="vocos",
+        vocos=vocos,
+    )
+
+
 def convert_vocos_dir(
     vocos_dir: str | os.PathLike, encodec_dir: str | os.PathLike
 ) -> tuple[CodecConfig, dict]:
@@ -179,18 +193,11 @@ def _convert(vocos_dir: Path, encodec_dir: Path) -> tuple[CodecConfig, dict, str
     encodec, encodec_vars = convert_transformers_dir(encodec_dir)
     if not isinstance(encodec.network, SEANetConfig) or encodec.quantizer.kind != "ema":
         raise ConversionError(f"{encodec_dir}: --encodec must be a transformers EnCodec directory")
-    vocos = vocos_config(parts, encodec, str(vocos_dir / "config.yaml"))
-    levels = max(vocos_levels(parts, encodec))
-    cfg = dataclasses.replace(
-        encodec,
-        name=f"{encodec.name}_vocos",
-        quantizer=dataclasses.replace(encodec.quantizer, num_codebooks=levels),
-        decoder="vocos",
-        vocos=vocos,
-    )
+    cfg = vocos_codec_config(parts, encodec, str(vocos_dir / "config.yaml"))
+    levels = cfg.num_codebooks
 
     src = SourceTensors(read_state_dict(vocos_dir), str(vocos_dir))
-    decoder = vocos_decoder_variables(src, vocos)
+    decoder = vocos_decoder_variables(src, cfg.vocos)
     codebooks = {k: v[:levels] for k, v in encodec_vars["codebooks"]["quantizer"].items()}
     copied = src.take("feature_extractor.codebook_weights")
     expected = codebooks["embed"].reshape(-1, codebooks["embed"].shape[-1])

@@ -244,7 +244,7 @@ class Conv1d(nn.Module):
         )
         dtype = self.dtype or x.dtype
         if self.groups == in_features == self.features and self.stride == 1:
-            y = depthwise_conv(x, kernel, self.dilation).astype(dtype)
+            y = depthwise_conv(x.astype(dtype), kernel.astype(dtype), self.dilation).astype(dtype)
         else:
             y = jax.lax.conv_general_dilated(
                 x.astype(dtype),

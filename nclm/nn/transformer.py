@@ -85,7 +85,7 @@ class DepthwiseConv(nn.Module):
         bias = self.param("bias", _zeros("embed"), (d,))
         left = (k - 1) // 2  # "SAME": the odd one out goes right
         x = jnp.pad(x.astype(self.dtype), ((0, 0), (left, k - 1 - left), (0, 0)))
-        y = depthwise_conv(x, jnp.asarray(kernel).astype(self.dtype)) + jnp.asarray(bias)
+        y = depthwise_conv(x, kernel.astype(self.dtype)) + bias
         return y.astype(self.dtype)
 
 

@@ -54,6 +54,7 @@ from nclm.train.loop import Loop, open_run, raise_if_stopped, run_loop
 from nclm.train.metrics import MetricWriter
 from nclm.train.optim import make_optimizer
 from nclm.train.run_dir import host_params
+from nclm.train.warm_start import with_values
 
 log = logging.getLogger("nclm.train")
 
@@ -297,19 +298,6 @@ def init_from(path: str, codec_cfg) -> dict | None:
             f"--config.init_from={path}: its codec config differs from --config.codec in {diff}"
         )
     return variables
-
-
-def with_values(boxed: Any, values: Any) -> Any:
-    """`boxed` (init's variables, partitioning metadata on the leaves) holding `values` instead,
-    cast to each leaf's dtype."""
-    is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
-
-    def put(fresh, value):
-        target = fresh.unbox() if is_box(fresh) else fresh
-        value = jnp.asarray(value, target.dtype)
-        return fresh.replace_boxed(value) if is_box(fresh) else value
-
-    return jax.tree.map(put, boxed, values, is_leaf=is_box)
 
 
 def _kmeans_init(

@@ -47,6 +47,7 @@ from nclm.train.loop import Loop, open_run, raise_if_stopped, run_loop
 from nclm.train.optim import make_lm_optimizer
 from nclm.train.precompile import ShapePrograms, compile_workers
 from nclm.train.run_dir import host_params
+from nclm.train.warm_start import with_values
 
 log = logging.getLogger("nclm.train")
 BATCH_KEYS = ("text", "text_len", "codes", "code_len")
@@ -307,13 +308,6 @@ def _init_from(path: str, lm_cfg: LMConfig) -> Any:
 def warm_start(fresh: Any, trained: Any) -> Any:
     """`trained` params with fresh (just initialised) task-token rows 1.. of task_embed: a TTS
     checkpoint never trained them (SpeechX's new tokens start from scratch)."""
-    boxed = nn.meta.unbox(fresh)
-    task = boxed["task_embed"]
-    out = jax.tree.map(lambda f, t: jnp.asarray(t, f.dtype), boxed, trained)
-    out["task_embed"] = task.at[0].set(jnp.asarray(trained["task_embed"][0], task.dtype))
-    return jax.tree.map(
-        lambda f, v: f.replace_boxed(v) if isinstance(f, nn.meta.AxisMetadata) else v,
-        fresh,
-        out,
-        is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata),
-    )
+    task = nn.meta.unbox(fresh)["task_embed"]
+    task = task.at[0].set(jnp.asarray(trained["task_embed"][0], task.dtype))
+    return with_values(fresh, {**trained, "task_embed": task})
